@@ -9,6 +9,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from signaling.peer import make_peer_connection
 from signaling.relay import Relay
 from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
 
@@ -31,8 +32,8 @@ class Publisher:
     def __init__(self, relay: Relay, session_id: str, background: tuple[int, int, int]) -> None:
         self.relay = relay
         self.session_id = session_id
-        self.client = RTCPeerConnection()
-        self.server = RTCPeerConnection()
+        self.client = make_peer_connection()
+        self.server = make_peer_connection()
         self.video = PatternVideoTrack("patient", background=background, fps=20)
         self.client.addTrack(ToneAudioTrack())
         self.client.addTrack(self.video)
@@ -50,8 +51,8 @@ class Viewer:
     """A clinician: receives audio and video from the relay and decodes them."""
 
     def __init__(self, relay: Relay, session_id: str) -> None:
-        self.client = RTCPeerConnection()
-        self.server = RTCPeerConnection()
+        self.client = make_peer_connection()
+        self.server = make_peer_connection()
         self.frames: list[np.ndarray] = []
         self.audio_frames = 0
         self.tracks = relay.subscribe(session_id)

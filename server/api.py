@@ -1,0 +1,374 @@
+"""HTTP: pages, login, sessions, invites, clock actions, /healthz and /metrics.
+
+Every body is validated; every error is ``{"error": {"code", "message"}}`` with a fitting
+status. Tokens travel in ``Authorization: Bearer``; links put them in the URL *fragment*, which
+browsers never send, so they never reach a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import func, select
+
+from monitoring.lifecycle import ACTIONS, TransitionError, session_state
+from server import accounts
+from server.auth import (
+    Access,
+    AuthError,
+    Principal,
+    invite_token,
+    load_user,
+    login_token,
+    verify_password,
+)
+from server.db import ping
+from server.gate import ClientError, require_fields
+from server.keys import (
+    CLOCK,
+    ENGINE,
+    GATE,
+    LIFECYCLE,
+    METRICS,
+    MONITOR,
+    RELAY,
+    SESSIONMAKER,
+    SETTINGS,
+    SIGNAL,
+    STORE,
+)
+from server.models import Phase, Role, User
+from server.models import Session as SessionRow
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STATUS = {
+    "bad_request": 400,
+    "auth_required": 401,
+    "token_expired": 401,
+    "token_invalid": 401,
+    "bad_credentials": 401,
+    "account_disabled": 401,
+    "invite_revoked": 401,
+    "forbidden": 403,
+    "unknown_session": 404,
+    "not_found": 404,
+    "wrong_phase": 409,
+    "username_taken": 409,
+    "payload_too_large": 413,
+}
+
+
+def _error(code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=STATUS.get(code, 400)
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn refusals into JSON errors; never let an exception become an HTML 500 page."""
+    try:
+        return await handler(request)
+    except (ClientError, AuthError, accounts.AccountError, TransitionError) as exc:
+        return _error(exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        return _error("payload_too_large", "the request body is too large")
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        return _error("internal_error", "the server could not handle this request")
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ClientError("bad_request", "the body must be JSON") from None
+
+
+async def _principal(request: web.Request) -> Principal:
+
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else None
+    return await request.app[GATE].authenticate(token)
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "role": user.role,
+        "clinic_id": user.clinic_id,
+    }
+
+
+async def login(request: web.Request) -> web.Response:
+    """``POST /api/login {username, password}`` → ``{token, user}``."""
+
+    data = require_fields(await _body(request), {"username": str, "password": str})
+    async with request.app[SESSIONMAKER]() as db:
+        user = await load_user(db, data["username"].strip().lower())
+    # The same answer for an unknown user and a wrong password: no account enumeration.
+    if user is None or not user.active or not verify_password(user.password_hash, data["password"]):
+        log.info("login refused")
+        raise ClientError("bad_credentials", "wrong username or password")
+    token = login_token(user, request.app[SETTINGS].secret_key, request.app[CLOCK].now())
+    log.info("login", extra={"who": f"user:{user.id}"})
+    return web.json_response({"token": token, "user": _user_json(user)})
+
+
+async def me(request: web.Request) -> web.Response:
+    """``GET /api/me`` → who the token belongs to."""
+    p = await _principal(request)
+    return web.json_response(
+        {
+            "subject": p.subject,
+            "role": p.role,
+            "name": p.name,
+            "clinic_id": p.clinic_id,
+            "session_id": p.session_id,
+        }
+    )
+
+
+async def config(request: web.Request) -> web.Response:
+    """``GET /api/config`` → what pages need: ICE servers and the time scale."""
+
+    s = request.app[SETTINGS]
+    return web.json_response(
+        {"ice_servers": [i.as_dict() for i in s.ice_servers], "time_scale": s.time_scale}
+    )
+
+
+def _visible(p: Principal) -> Any:
+    """SQL condition for the sessions *p* may see in lists (mirrors :func:`server.auth.may`)."""
+    base = SessionRow.clinic_id == p.clinic_id
+    if p.invite_id is not None:
+        return base & (SessionRow.id == p.session_id)
+    if p.role == Role.PATIENT:
+        return base & (SessionRow.patient_id == p.user_id)
+    if p.role == Role.CLINICIAN:
+        return base & (SessionRow.clinician_id == p.user_id)
+    return base
+
+
+async def _session_json(request: web.Request, row: SessionRow, patient_name: str) -> dict[str, Any]:
+
+    state = session_state(row, request.app[CLOCK])
+    health = request.app[RELAY].health(row.id)
+    state.update(
+        {
+            "patient": {"id": row.patient_id, "display_name": patient_name},
+            "clinician_id": row.clinician_id,
+            "presence": request.app[SIGNAL].presence(row.id),
+            "media_health": health.as_dict() if health else None,
+        }
+    )
+    return state
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """``GET /api/sessions[?all=1]`` → the sessions the caller may see (open ones by default)."""
+
+    p = await _principal(request)
+    query = (
+        select(SessionRow, User.display_name)
+        .join(User, User.id == SessionRow.patient_id)
+        .where(_visible(p))
+        .order_by(SessionRow.scheduled_start)
+    )
+    if request.query.get("all") != "1":
+        query = query.where(
+            SessionRow.phase.not_in([Phase.COMPLETED.value, Phase.ENDED_EARLY.value])
+        )
+    async with request.app[SESSIONMAKER]() as db:
+        rows = (await db.execute(query.limit(500))).all()
+    return web.json_response({"sessions": [await _session_json(request, r, n) for r, n in rows]})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """``GET /api/sessions/{id}`` → state, presence and media health."""
+
+    p = await _principal(request)
+    row = await request.app[GATE].authorize(p, request.match_info["id"], Access.FOLLOW)
+    async with request.app[SESSIONMAKER]() as db:
+        patient = await db.get(User, row.patient_id)
+    return web.json_response(
+        await _session_json(request, row, patient.display_name if patient else "")
+    )
+
+
+async def session_events(request: web.Request) -> web.Response:
+    """``GET /api/sessions/{id}/events?after_seq=N`` → events newer than N, in order."""
+
+    p = await _principal(request)
+    session_id = request.match_info["id"]
+    await request.app[GATE].authorize(p, session_id, Access.FOLLOW)
+    try:
+        after = int(request.query.get("after_seq", "0"))
+    except ValueError:
+        raise ClientError("bad_request", "after_seq must be an integer") from None
+    return web.json_response({"events": await request.app[STORE].since(session_id, after)})
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """``POST /api/sessions {patient_id, clinician_id?, scheduled_start?}`` (clinician, admin)."""
+
+    p = await _principal(request)
+    if p.role not in (Role.CLINICIAN, Role.ADMIN) or p.user_id is None:
+        raise ClientError("forbidden", "only clinicians and admins create sessions")
+    data = require_fields(
+        await _body(request),
+        {"patient_id": int},
+        {"clinician_id": int, "scheduled_start": str},
+    )
+    start = request.app[CLOCK].now()
+    if "scheduled_start" in data:
+        try:
+            start = datetime.fromisoformat(data["scheduled_start"])
+        except ValueError:
+            raise ClientError("bad_request", "scheduled_start must be an ISO 8601 time") from None
+        if start.tzinfo is None:
+            raise ClientError("bad_request", "scheduled_start needs a time zone")
+    clinician_id = data.get("clinician_id")
+    if clinician_id is None and p.role == Role.CLINICIAN:
+        clinician_id = p.user_id
+    created = await accounts.create_session(
+        request.app[STORE],
+        clinic_id=p.clinic_id,
+        patient_id=data["patient_id"],
+        clinician_id=clinician_id,
+        scheduled_start=start,
+        actor=p.subject,
+    )
+    return web.json_response(created, status=201)
+
+
+async def create_invite(request: web.Request) -> web.Response:
+    """``POST /api/sessions/{id}/invites {role, name, phone?, ttl_hours?}`` → the link."""
+
+    p = await _principal(request)
+    session_id = request.match_info["id"]
+    row = await request.app[GATE].authorize(p, session_id, Access.CONTROL)
+    data = require_fields(
+        await _body(request), {"role": str, "name": str}, {"phone": str, "ttl_hours": int}
+    )
+    now = request.app[CLOCK].now()
+    ttl = timedelta(hours=data.get("ttl_hours", 24 * 7))
+    async with request.app[SESSIONMAKER]() as db, db.begin():
+        invite = await accounts.create_invite(
+            db,
+            session=row,
+            role=data["role"],
+            name=data["name"],
+            phone=data.get("phone"),
+            created_by=p.user_id,
+            now=now,
+            ttl=ttl,
+        )
+    settings = request.app[SETTINGS]
+    token = invite_token(invite, row.clinic_id, settings.secret_key, now)
+    return web.json_response(
+        {
+            "invite_id": invite.id,
+            "role": invite.role,
+            "expires_at": invite.expires_at.isoformat(),
+            "token": token,
+            "url": invite_url(settings.public_url, invite.role, token),
+        },
+        status=201,
+    )
+
+
+def invite_url(public_url: str, role: str, token: str) -> str:
+    """The link that opens a session for an invite holder (token in the fragment)."""
+    page = "patient" if role == "patient" else "guest"
+    return f"{public_url}/{page}/#token={token}"
+
+
+async def act(request: web.Request) -> web.Response:
+    """``POST /api/sessions/{id}/actions {action, reason?}``: the clock's human moves."""
+
+    p = await _principal(request)
+    session_id = request.match_info["id"]
+    data = require_fields(await _body(request), {"action": str}, {"reason": str})
+    action = data["action"]
+    if action not in ACTIONS and action != "end":
+        raise ClientError("bad_request", f"unknown action {action[:40]!r}")
+    await request.app[GATE].authorize(p, session_id, Access.CONTROL)
+    lifecycle = request.app[LIFECYCLE]
+    if action == "end":
+        state = await lifecycle.end_early(session_id, data.get("reason", ""), actor=p.subject)
+    else:
+        state = await lifecycle.act(session_id, action, actor=p.subject)
+    return web.json_response({"state": state})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: 200 when the database answers, 503 otherwise."""
+    try:
+        await ping(request.app[ENGINE])
+    except Exception:
+        log.warning("healthz: database unreachable")
+        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ok", "database": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics`` in Prometheus text format."""
+
+    m = request.app[METRICS]
+    async with request.app[SESSIONMAKER]() as db:
+        counts = dict(
+            (
+                await db.execute(select(SessionRow.phase, func.count()).group_by(SessionRow.phase))
+            ).all()
+        )
+    for phase in Phase:
+        m.sessions_by_phase.labels(phase.value).set(counts.get(phase.value, 0))
+    m.active_sessions.set(sum(n for phase, n in counts.items() if not Phase(phase).terminal))
+    m.relayed_tracks.set(request.app[RELAY].relayed_tracks)
+    m.publishers.set(len(request.app[SIGNAL].publisher_sid))
+    for ns in (request.app[SIGNAL], request.app[MONITOR]):
+        m.connected_clients.labels(ns.namespace).set(len(ns.principals))
+    return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
+
+
+def _page(path: Path) -> Handler:
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
+
+    return handler
+
+
+def setup_routes(app: web.Application, static_dir: Path, node_modules: Path) -> None:
+    """Register every route on *app*."""
+    app.middlewares.append(errors_middleware)
+    r = app.router
+    r.add_post("/api/login", login)
+    r.add_get("/api/me", me)
+    r.add_get("/api/config", config)
+    r.add_get("/api/sessions", list_sessions)
+    r.add_post("/api/sessions", create_session)
+    r.add_get("/api/sessions/{id}", get_session)
+    r.add_get("/api/sessions/{id}/events", session_events)
+    r.add_post("/api/sessions/{id}/actions", act)
+    r.add_post("/api/sessions/{id}/invites", create_invite)
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/", _page(static_dir / "index.html"))
+    for page in ("clinician", "patient", "guest"):
+        r.add_get(f"/{page}/", _page(static_dir / page / "index.html"))
+    r.add_static("/static/", static_dir)
+    vendor = node_modules / "socket.io-client" / "dist" / "socket.io.min.js"
+    r.add_get("/vendor/socket.io.min.js", _page(vendor))

@@ -1,0 +1,178 @@
+"""The application factory: wires settings, database, bus, clock, relay and Socket.IO.
+
+``create_app(settings)`` only wires. Long-lived objects are made in cleanup contexts (one
+``yield`` each), added in dependency order and torn down in reverse, and live on the app under
+typed ``web.AppKey`` s (DESIGN invariant 9: no module-level runtime state).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import socketio
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from monitoring.bus import make_bus
+from monitoring.clock import Clock
+from monitoring.events import EventStore
+from monitoring.lifecycle import ClockRunner, Lifecycle
+from monitoring.namespace import MonitorNamespace
+from server import api
+from server.config import Settings
+from server.db import make_engine, make_sessionmaker, migrate
+from server.gate import Gate
+from server.keys import (
+    BUS,
+    CLOCK,
+    DEMO_LINKS,
+    ENGINE,
+    GATE,
+    LIFECYCLE,
+    METRICS,
+    MONITOR,
+    RELAY,
+    SESSIONMAKER,
+    SETTINGS,
+    SIGNAL,
+    SIO,
+    STORE,
+)
+from server.metrics import Metrics
+from signaling.namespace import SignalingNamespace
+from signaling.relay import Relay
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+NODE_MODULES = Path(__file__).resolve().parent.parent / "node_modules"
+# Socket.IO messages larger than this are refused by Engine.IO before we parse them.
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class SchemaOutdated(RuntimeError):
+    """PostgreSQL's schema is behind the code: run ``vigil migrate``."""
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    engine = make_engine(settings.database_url)
+    if settings.is_sqlite:
+        # The embedded default migrates itself; PostgreSQL is migrated by an operator.
+        await migrate(engine)
+    else:
+        await _check_schema(engine)
+    app[ENGINE] = engine
+    app[SESSIONMAKER] = make_sessionmaker(engine)
+    yield
+    await engine.dispose()
+
+
+async def _check_schema(engine: AsyncEngine) -> None:
+    from alembic.script import ScriptDirectory
+
+    from server.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    try:
+        async with engine.connect() as conn:
+            from sqlalchemy import text
+
+            current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    except Exception:
+        current = None
+    if current != head:
+        raise SchemaOutdated(
+            f"database schema is at {current or 'nothing'}, code needs {head}: run `vigil migrate`"
+        )
+
+
+async def _monitoring(app: web.Application) -> AsyncIterator[None]:
+    bus = make_bus(app[SETTINGS].redis_url)
+    await bus.start()
+    metrics = app[METRICS]
+    store = EventStore(
+        app[SESSIONMAKER], bus, app[CLOCK], on_written=lambda n: metrics.events_written.inc(n)
+    )
+    lifecycle = Lifecycle(store, app[CLOCK])
+    runner = ClockRunner(lifecycle)
+    app[BUS], app[STORE], app[LIFECYCLE] = bus, store, lifecycle
+    app[GATE] = Gate(app[SESSIONMAKER], app[SETTINGS].secret_key, app[CLOCK])
+    runner.start()
+    yield
+    await runner.stop()
+    await bus.stop()
+
+
+def _socketio(settings: Settings) -> socketio.AsyncServer:
+    manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
+    return socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        cors_allowed_origins=[settings.public_url],
+        max_http_buffer_size=MAX_MESSAGE_BYTES,
+        logger=False,
+        engineio_logger=False,
+    )
+
+
+async def _realtime(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    sio = app[SIO]
+    relay = Relay()
+    store = app[STORE]
+
+    async def report(session_id: str, fact: str, data: dict[str, Any]) -> None:
+        # Media facts are session events too: who watched and when belongs to the record.
+        async with store.transaction() as tx:
+            await tx.append(session_id, fact, data, actor="relay")
+
+    signal = SignalingNamespace(
+        app[GATE], relay, [s.as_dict() for s in settings.ice_servers], report=report
+    )
+    monitor = MonitorNamespace(app[GATE], store, app[LIFECYCLE])
+    sio.register_namespace(signal)
+    sio.register_namespace(monitor)
+    unsubscribe = app[BUS].subscribe(monitor.deliver)
+    app[RELAY], app[SIGNAL], app[MONITOR] = relay, signal, monitor
+    yield
+    unsubscribe()
+    for sid in list(signal.principals) + list(monitor.principals):
+        for ns in (signal.namespace, monitor.namespace):
+            try:
+                await sio.disconnect(sid, namespace=ns)
+            except Exception:
+                pass
+    await signal.close()
+    await relay.close()
+
+
+async def _demo(app: web.Application) -> AsyncIterator[None]:
+    from server.demo import DemoPatients, seed_demo
+
+    links = await seed_demo(app)
+    patients = DemoPatients(app, links)
+    patients.start()
+    app[DEMO_LINKS] = links
+    yield
+    await patients.stop()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The Vigil application for *settings* (the CLI and the tests call exactly this)."""
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app[SETTINGS] = settings
+    app[CLOCK] = Clock(settings.time_scale)
+    app[METRICS] = Metrics()
+    app[SIO] = sio = _socketio(settings)
+    sio.attach(app)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_monitoring)
+    app.cleanup_ctx.append(_realtime)
+    if settings.demo:
+        app.cleanup_ctx.append(_demo)
+    api.setup_routes(app, STATIC_DIR, NODE_MODULES)
+    return app

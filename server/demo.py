@@ -1,0 +1,211 @@
+"""Demo data and simulated patients, so a newcomer sees live sessions at once.
+
+``seed_demo`` creates (once) a demo clinic with a clinician, an on-call nurse, an admin and
+three patients, and gives each patient an open session starting now (a new one when the last
+has ended). ``DemoPatients`` runs one simulated patient per session: an aiortc client that
+talks to this very server over Socket.IO like a real patient's browser would, publishing a
+moving picture with the patient's name and the clock, and a quiet tone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from aiohttp import web
+from sqlalchemy import select
+
+from server import accounts
+from server.api import invite_url
+from server.auth import invite_token, load_user, login_token
+from server.keys import CLOCK, LIFECYCLE, SESSIONMAKER, SETTINGS, STORE
+from server.models import Phase, Role, User
+from server.models import Session as SessionRow
+from signaling.client import SignalingClient, SignalingFailed
+from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
+
+log = logging.getLogger(__name__)
+
+DEMO_CLINIC = "Demo Clinic"
+# Demo accounts are for a laptop; the password is printed with the links.
+DEMO_PASSWORD = "vigil-demo-password"
+DEMO_STAFF = (
+    ("dr.demo", Role.CLINICIAN, "Dr. Ada Demo"),
+    ("nurse.demo", Role.ONCALL, "Nurse Ben Demo"),
+    ("admin.demo", Role.ADMIN, "Admin Cleo Demo"),
+)
+DEMO_PATIENT_NAMES = ("Alex Rivera", "Sam Okafor", "Jordan Lee", "Robin Novak", "Kim Haddad")
+# Seconds between a simulated patient's attempts to (re)connect.
+RETRY_SECS = 1.0
+
+
+@dataclass
+class DemoSession:
+    """One simulated patient's session and credentials."""
+
+    session_id: str
+    patient_name: str
+    patient_token: str
+
+
+async def seed_demo(app: web.Application) -> dict[str, object]:
+    """Create the demo clinic's people and open sessions; return login links."""
+    settings = app[SETTINGS]
+    clock = app[CLOCK]
+    now = clock.now()
+    async with app[SESSIONMAKER]() as db, db.begin():
+        clinic = await accounts.get_or_create_clinic(db, DEMO_CLINIC)
+        users: dict[str, User] = {}
+        for username, role, name in DEMO_STAFF:
+            user = await load_user(db, username)
+            if user is None:
+                user = await accounts.create_user(
+                    db,
+                    clinic=clinic,
+                    username=username,
+                    role=role,
+                    display_name=name,
+                    password=DEMO_PASSWORD,
+                )
+            users[username] = user
+        patients = []
+        for i, name in enumerate(DEMO_PATIENT_NAMES[: settings.demo_patients]):
+            username = f"patient{i + 1}.demo"
+            user = await load_user(db, username)
+            if user is None:
+                user = await accounts.create_user(
+                    db,
+                    clinic=clinic,
+                    username=username,
+                    role=Role.PATIENT,
+                    display_name=name,
+                    password=DEMO_PASSWORD,
+                )
+            patients.append(user)
+        clinic_id, clinician_id = clinic.id, users["dr.demo"].id
+    store = app[STORE]
+    sessions: list[DemoSession] = []
+    for index, patient in enumerate(patients):
+        async with app[SESSIONMAKER]() as db:
+            open_row = (
+                (
+                    await db.execute(
+                        select(SessionRow).where(
+                            SessionRow.patient_id == patient.id,
+                            SessionRow.phase.not_in(
+                                [Phase.COMPLETED.value, Phase.ENDED_EARLY.value]
+                            ),
+                        )
+                    )
+                )
+                .scalars()
+                .first()
+            )
+        if open_row is None:
+            created = await accounts.create_session(
+                store,
+                clinic_id=clinic_id,
+                patient_id=patient.id,
+                clinician_id=clinician_id,
+                scheduled_start=now,
+                actor="demo",
+            )
+            session_id = created["session_id"]
+            # A lively roster: the first patient is dosing, the second in pre-check.
+            lifecycle = app[LIFECYCLE]
+            if index <= 1:
+                await lifecycle.act(session_id, "admit", actor="demo")
+            if index == 0:
+                await lifecycle.act(session_id, "start_dosing", actor="demo")
+        else:
+            session_id = open_row.id
+        sessions.append(
+            DemoSession(
+                session_id, patient.display_name, login_token(patient, settings.secret_key, now)
+            )
+        )
+    base = settings.public_url
+    links: dict[str, object] = {
+        "clinician": f"{base}/clinician/#token={login_token(users['dr.demo'], settings.secret_key, now)}",
+        "oncall": f"{base}/clinician/#token={login_token(users['nurse.demo'], settings.secret_key, now)}",
+        "admin": f"{base}/clinician/#token={login_token(users['admin.demo'], settings.secret_key, now)}",
+        "login": f"{base}/  (dr.demo, nurse.demo, admin.demo / {DEMO_PASSWORD})",
+        "sessions": sessions,
+    }
+    # One invite link, to show the patient's page in a browser (simulated patients use tokens).
+    async with app[SESSIONMAKER]() as db, db.begin():
+        row = await db.get(SessionRow, sessions[-1].session_id) if sessions else None
+        if row is not None:
+            invite = await accounts.create_invite(
+                db,
+                session=row,
+                role="patient",
+                name=sessions[-1].patient_name,
+                phone=None,
+                created_by=None,
+                now=now,
+                ttl=timedelta(hours=12),
+            )
+            links["patient_invite"] = invite_url(
+                base, "patient", invite_token(invite, row.clinic_id, settings.secret_key, now)
+            )
+    return links
+
+
+class DemoPatients:
+    """Simulated patients publishing generated media through the real signaling path."""
+
+    def __init__(self, app: web.Application, links: dict[str, object]) -> None:
+        self.app = app
+        self.sessions: list[DemoSession] = list(links.get("sessions", []))  # type: ignore[call-overload]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start every simulated patient (each retries until the server listens)."""
+        # The last patient is left for a person to play through the invite link.
+        for demo in self.sessions[:-1] if len(self.sessions) > 1 else self.sessions:
+            self._tasks.append(asyncio.create_task(self._run(demo), name=f"demo.{demo.session_id}"))
+
+    async def _run(self, demo: DemoSession) -> None:
+        settings = self.app[SETTINGS]
+        url = f"http://{settings.host}:{settings.port}"
+        video = PatternVideoTrack(demo.patient_name)
+        audio = ToneAudioTrack()
+        while True:
+            client = SignalingClient(url, demo.patient_token)
+
+            async def republish(client: SignalingClient = client) -> None:
+                with contextlib.suppress(Exception):
+                    await client.publish(demo.session_id, [audio, video])
+
+            client.on_reconnect = republish
+            try:
+                await client.connect()
+                await client.publish(demo.session_id, [audio, video])
+                log.info("simulated patient publishing", extra={"session": demo.session_id})
+                # Returns when the connection is gone for good (Socket.IO retries drops itself).
+                await client.sio.wait()
+            except SignalingFailed as exc:
+                if exc.code == "session_ended":
+                    log.info(
+                        "simulated patient's session ended", extra={"session": demo.session_id}
+                    )
+                    await client.close()
+                    return
+                log.info("simulated patient refused", extra={"code": exc.code})
+            except Exception as exc:  # the server is not listening yet, or went away
+                log.debug("simulated patient retrying", extra={"error": type(exc).__name__})
+            finally:
+                await client.close()
+            await asyncio.sleep(RETRY_SECS)
+
+    async def stop(self) -> None:
+        """Stop every simulated patient."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,178 @@
+// Vigil's browser client: token handling, HTTP API, and the /signal and /monitor protocols
+// exactly as docs/protocol.md describes them (no trickle ICE; re-join and re-offer after a drop).
+"use strict";
+
+const Vigil = (() => {
+  const TOKEN_KEY = "vigil.token";
+
+  // Links carry the token in the URL fragment (never sent to the server, never logged).
+  function token() {
+    const m = location.hash.match(/token=([^&]+)/);
+    if (m) {
+      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+      history.replaceState(null, "", location.pathname);
+    }
+    return sessionStorage.getItem(TOKEN_KEY);
+  }
+
+  function requireToken() {
+    const t = token();
+    if (!t) location.href = "/";
+    return t;
+  }
+
+  function logout() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    location.href = "/";
+  }
+
+  async function api(path, options = {}) {
+    const headers = { "Content-Type": "application/json" };
+    const t = token();
+    if (t) headers.Authorization = `Bearer ${t}`;
+    const res = await fetch(path, { ...options, headers });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      const err = new Error((body.error && body.error.message) || res.statusText);
+      err.code = body.error && body.error.code;
+      err.status = res.status;
+      throw err;
+    }
+    return body;
+  }
+
+  function socket(namespace, onRefused) {
+    const s = io(namespace, { auth: { token: token() }, transports: ["websocket"] });
+    s.on("connect_error", (err) => {
+      // A refused connection carries {code, message}; a network error does not.
+      if (err && err.data && err.data.code && onRefused) onRefused(err.data);
+    });
+    return s;
+  }
+
+  function call(sock, event, data) {
+    return new Promise((resolve, reject) => {
+      sock.timeout(30000).emit(event, data, (timeoutErr, reply) => {
+        if (timeoutErr) return reject(new Error(`${event}: no answer`));
+        if (!reply || !reply.ok) {
+          const e = new Error((reply && reply.error && reply.error.message) || "refused");
+          e.code = reply && reply.error && reply.error.code;
+          return reject(e);
+        }
+        resolve(reply);
+      });
+    });
+  }
+
+  // The server does not trickle ICE: send the offer once every candidate is in it.
+  function gathered(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (pc.iceGatheringState === "complete") {
+          pc.removeEventListener("icegatheringstatechange", check);
+          resolve();
+        }
+      };
+      pc.addEventListener("icegatheringstatechange", check);
+      setTimeout(resolve, 5000); // send what we have rather than wait forever
+    });
+  }
+
+  // One media session over /signal, re-negotiated on every (re)connect and on peer_failed.
+  // role: "viewer" (onTrack receives remote tracks) or "publisher" (stream is sent).
+  function media(sock, sessionId, role, { stream, onTrack, onStatus } = {}) {
+    let pc = null;
+    let stopped = false;
+    const status = (s) => onStatus && onStatus(s);
+
+    async function negotiate() {
+      if (stopped || !sock.connected) return;
+      status("joining");
+      const joined = await call(sock, "join", { session_id: sessionId, as: role });
+      if (pc) pc.close();
+      pc = new RTCPeerConnection({ iceServers: joined.ice_servers });
+      const mine = pc;
+      if (role === "publisher") {
+        stream.getTracks().forEach((t) => pc.addTrack(t, stream));
+      } else {
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        pc.addTransceiver("video", { direction: "recvonly" });
+        pc.ontrack = (ev) => onTrack && onTrack(ev);
+      }
+      pc.onconnectionstatechange = () => {
+        if (mine !== pc) return;
+        status(pc.connectionState);
+        if (pc.connectionState === "failed") setTimeout(() => negotiate().catch(report), 1000);
+      };
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const answer = await call(sock, "offer", {
+        session_id: sessionId, type: "offer", sdp: pc.localDescription.sdp,
+      });
+      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      status("negotiated");
+    }
+
+    function report(err) {
+      status(`error: ${err.code || ""} ${err.message}`);
+      // Transient failures retry; refusals (forbidden, session_ended) do not.
+      if (!["forbidden", "session_ended", "bad_request"].includes(err.code)) {
+        setTimeout(() => negotiate().catch(report), 2000);
+      }
+    }
+
+    sock.on("connect", () => negotiate().catch(report));
+    sock.on("peer_failed", (d) => { if (d.session_id === sessionId) negotiate().catch(report); });
+    if (sock.connected) negotiate().catch(report);
+    return {
+      stop() {
+        stopped = true;
+        if (pc) pc.close();
+        if (sock.connected) sock.emit("leave", { session_id: sessionId });
+      },
+      get pc() { return pc; },
+    };
+  }
+
+  // Follow a session's events over /monitor from a cursor; onState gets the state snapshot,
+  // onEvent each new event once, in order. Re-follows from the cursor after a reconnect.
+  function follow(sock, sessionId, { onState, onEvent }) {
+    let cursor = 0;
+    function accept(ev) {
+      if (ev.session_id !== sessionId || ev.seq <= cursor) return; // duplicate
+      if (ev.seq > cursor + 1) { refollow(); return; } // gap: fetch what we missed
+      cursor = ev.seq;
+      onEvent && onEvent(ev);
+    }
+    async function refollow() {
+      const r = await call(sock, "follow", { session_id: sessionId, after_seq: cursor });
+      if (r.truncated) cursor = r.events.length ? r.events[0].seq - 1 : cursor;
+      onState && onState(r.state);
+      r.events.forEach(accept);
+    }
+    sock.on("event", accept);
+    sock.on("connect", () => refollow().catch(() => {}));
+    if (sock.connected) refollow().catch(() => {});
+    return { refresh: refollow };
+  }
+
+  const PHASES = {
+    lobby: "Lobby", pre_check: "Pre-check", dosing: "Dosing", active: "Active",
+    recovery: "Recovery", awaiting_signoff: "Awaiting sign-off", completed: "Completed",
+    ended_early: "Ended early",
+  };
+
+  // "mm:ss" of protocol time since the dose, from a state snapshot and the time scale.
+  function sinceDose(state, receivedAt) {
+    if (state.minutes_since_dose == null) return "—";
+    let minutes = state.minutes_since_dose;
+    if (!["completed", "ended_early"].includes(state.phase)) {
+      minutes += ((Date.now() - receivedAt) / 60000) * state.time_scale;
+    }
+    const total = Math.max(0, Math.floor(minutes * 60));
+    return `${String(Math.floor(total / 60)).padStart(2, "0")}:${String(total % 60).padStart(2, "0")}`;
+  }
+
+  return { token, requireToken, logout, api, socket, call, media, follow, PHASES, sinceDose };
+})();
