@@ -134,8 +134,9 @@ class GuardedNamespace(socketio.AsyncNamespace):
             principal = await self.gate.authenticate(token)
         except AuthError as exc:
             log.info("connection refused", extra={"ns": self.namespace, "code": exc.code})
+            # The client receives {"message": ..., "data": {"code": ..., "message": ...}}.
             raise socketio.exceptions.ConnectionRefusedError(
-                {"code": exc.code, "message": exc.message}
+                exc.message, {"code": exc.code, "message": exc.message}
             ) from None
         self.principals[sid] = principal
         log.info("connected", extra={"ns": self.namespace, "sid": sid, "who": principal.subject})
