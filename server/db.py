@@ -34,11 +34,21 @@ def make_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # The driver would begin a transaction only at the first write, so a transaction
+            # that reads a row and then updates it (a phase check, a deadline) would read
+            # outside any transaction and could act on a stale row. We begin ourselves.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn):  # type: ignore[no-untyped-def]
+            # IMMEDIATE takes SQLite's single write lock up front: transactions run one after
+            # another, which is what PostgreSQL's row locks (FOR UPDATE) give us there.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)

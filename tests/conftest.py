@@ -63,12 +63,20 @@ def _pg_reachable() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PgDatabase:
+    """This run's PostgreSQL database, or why there is none."""
+
+    url: str | None
+    problem: str | None
+
+
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str | None]:
+def pg_database() -> Iterator[PgDatabase]:
     """A fresh, migrated PostgreSQL database for this test run (dropped afterwards)."""
     problem = _pg_reachable()
     if problem:
-        yield None
+        yield PgDatabase(None, problem)
         return
     name = f"vigil_test_{uuid.uuid4().hex[:10]}"
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
@@ -88,7 +96,7 @@ def pg_database() -> Iterator[str | None]:
         await engine.dispose()
 
     asyncio.run(setup())
-    yield url
+    yield PgDatabase(url, None)
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
@@ -104,15 +112,17 @@ async def _truncate(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+async def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_database: PgDatabase
+) -> AsyncIterator[str]:
     """Each persistence test runs once on SQLite and once on the real PostgreSQL."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'vigil.sqlite3'}"
         return
-    url = request.getfixturevalue("pg_database")
-    need(url is not None, _pg_reachable() or "PostgreSQL unavailable")
-    await _truncate(url)
-    yield url
+    need(pg_database.url is not None, pg_database.problem or "PostgreSQL unavailable")
+    assert pg_database.url is not None
+    await _truncate(pg_database.url)
+    yield pg_database.url
 
 
 @pytest.fixture
@@ -122,18 +132,18 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def redis_url() -> str:
-    """The real Redis, flushed of Vigil's keys."""
-    import redis.asyncio as aioredis
+def redis_url() -> str:
+    """The real Redis (a synchronous probe, so async fixtures can ask for it lazily)."""
+    import redis
 
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        await client.ping()
+        client.ping()
         ok = True
     except Exception:
         ok = False
     finally:
-        await client.aclose()
+        client.close()
     need(ok, f"Redis not reachable at {REDIS_URL}")
     return REDIS_URL
 
