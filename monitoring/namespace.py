@@ -20,7 +20,7 @@ from server.models import Session as SessionRow
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/monitor"
-# A follower this far behind gets the state and the newest events, flagged as truncated.
+# A follower further behind than this gets a fresh snapshot (the state) instead of a replay.
 REPLAY_LIMIT = 500
 
 
@@ -43,12 +43,29 @@ class MonitorNamespace(GuardedNamespace):
         ``ignore_queue``: with the Redis manager every node hears the bus, so each node emits
         only to its own clients; otherwise each event would reach a client once per node.
         """
+        session_id = event["session_id"]
         await self.server.emit(
-            "event", event, room=room(event["session_id"]), namespace=NAMESPACE, ignore_queue=True
+            "event", event, room=room(session_id), namespace=NAMESPACE, ignore_queue=True
         )
+        if event.get("type") == "phase_changed":
+            # The new state (deadline, clock) goes out too, so clients need not ask for it.
+            async with self.store.sessionmaker() as db:
+                row = await db.get(SessionRow, session_id)
+            if row is not None:
+                await self.server.emit(
+                    "state",
+                    session_state(row, self.lifecycle.clock),
+                    room=room(session_id),
+                    namespace=NAMESPACE,
+                    ignore_queue=True,
+                )
 
     async def handle_follow(self, sid: str, principal: Principal, data: Any) -> dict[str, Any]:
-        """``follow {session_id, after_seq?}`` → ``{state, events, truncated}``; then live."""
+        """``follow {session_id, after_seq?}`` → ``{state, events, truncated}``; then live.
+
+        ``truncated`` means the cursor was too old to replay: ``events`` is empty and the
+        client resets its cursor to ``state.last_seq`` (DESIGN invariant 2: a fresh snapshot).
+        """
         data = require_fields(data, {"session_id": str}, {"after_seq": int})
         session_id = session_id_of(data)
         after = data.get("after_seq", 0)
@@ -58,14 +75,14 @@ class MonitorNamespace(GuardedNamespace):
         # Enter the room before reading the backlog: an event committed in between is then
         # both replayed and streamed (the client drops the duplicate), never neither.
         await self.enter_room(sid, room(session_id))
-        events = await self.store.since(session_id, after, REPLAY_LIMIT + 1)
-        truncated = len(events) > REPLAY_LIMIT
-        if truncated:
-            events = events[-REPLAY_LIMIT:]
         async with self.store.sessionmaker() as db:
-            fresh = await db.get(SessionRow, session_id)
+            fresh = await db.get(SessionRow, session_id) or row
+        truncated = fresh.last_seq - after > REPLAY_LIMIT
+        # Read the state before the events: every event up to state.last_seq is then in the
+        # replay, and anything newer arrives live (duplicates are dropped by seq).
+        events = [] if truncated else await self.store.since(session_id, after, REPLAY_LIMIT + 1)
         return {
-            "state": session_state(fresh or row, self.lifecycle.clock),
+            "state": session_state(fresh, self.lifecycle.clock),
             "events": events,
             "truncated": truncated,
         }

@@ -43,7 +43,7 @@ from server.keys import (
     SIGNAL,
     STORE,
 )
-from server.models import Phase, Role, User
+from server.models import Invite, Phase, Role, User
 from server.models import Session as SessionRow
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ STATUS = {
     "wrong_phase": 409,
     "username_taken": 409,
     "payload_too_large": 413,
+    "internal_error": 500,
 }
+MAX_INVITE_TTL_HOURS = 24 * 30
 
 
 def _error(code: str, message: str) -> web.Response:
@@ -81,7 +83,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(exc.code, exc.message)
     except web.HTTPRequestEntityTooLarge:
         return _error("payload_too_large", "the request body is too large")
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        if request.path.startswith("/api/") and exc.status >= 400:
+            # API clients get the same JSON error shape for routing errors too.
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+            return web.json_response(
+                {"error": {"code": code, "message": exc.reason}}, status=exc.status
+            )
         raise
     except Exception:
         log.exception("request failed", extra={"path": request.path})
@@ -142,7 +150,9 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    """``GET /api/config`` → what pages need: ICE servers and the time scale."""
+    """``GET /api/config`` → what pages need: ICE servers and the time scale (signed in only:
+    TURN credentials are not for strangers)."""
+    await _principal(request)
 
     s = request.app[SETTINGS]
     return web.json_response(
@@ -218,6 +228,8 @@ async def session_events(request: web.Request) -> web.Response:
         after = int(request.query.get("after_seq", "0"))
     except ValueError:
         raise ClientError("bad_request", "after_seq must be an integer") from None
+    if after < 0:
+        raise ClientError("bad_request", "after_seq must be 0 or more")
     return web.json_response({"events": await request.app[STORE].since(session_id, after)})
 
 
@@ -264,7 +276,10 @@ async def create_invite(request: web.Request) -> web.Response:
         await _body(request), {"role": str, "name": str}, {"phone": str, "ttl_hours": int}
     )
     now = request.app[CLOCK].now()
-    ttl = timedelta(hours=data.get("ttl_hours", 24 * 7))
+    ttl_hours = data.get("ttl_hours", 24 * 7)
+    if not 1 <= ttl_hours <= MAX_INVITE_TTL_HOURS:
+        raise ClientError("bad_ttl", f"ttl_hours is between 1 and {MAX_INVITE_TTL_HOURS}")
+    ttl = timedelta(hours=ttl_hours)
     async with request.app[SESSIONMAKER]() as db, db.begin():
         invite = await accounts.create_invite(
             db,
@@ -288,6 +303,23 @@ async def create_invite(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+async def revoke_invite(request: web.Request) -> web.Response:
+    """``DELETE /api/invites/{id}``: the link stops working at its holder's next request."""
+    p = await _principal(request)
+    async with request.app[SESSIONMAKER]() as db:
+        invite = await db.get(Invite, request.match_info["id"])
+    if invite is None:
+        raise ClientError("not_found", "no such invite")
+    await request.app[GATE].authorize(p, invite.session_id, Access.CONTROL)
+    async with request.app[SESSIONMAKER]() as db, db.begin():
+        invite = await db.get(Invite, request.match_info["id"])
+        assert invite is not None
+        if invite.revoked_at is None:
+            invite.revoked_at = request.app[CLOCK].now()
+    log.info("invite revoked", extra={"invite": invite.id, "who": p.subject})
+    return web.json_response({"invite_id": invite.id, "revoked_at": invite.revoked_at.isoformat()})
 
 
 def invite_url(public_url: str, role: str, token: str) -> str:
@@ -364,6 +396,7 @@ def setup_routes(app: web.Application, static_dir: Path, node_modules: Path) -> 
     r.add_get("/api/sessions/{id}/events", session_events)
     r.add_post("/api/sessions/{id}/actions", act)
     r.add_post("/api/sessions/{id}/invites", create_invite)
+    r.add_delete("/api/invites/{id}", revoke_invite)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     r.add_get("/", _page(static_dir / "index.html"))

@@ -42,6 +42,7 @@ from server.keys import (
     STORE,
 )
 from server.metrics import Metrics
+from server.models import Phase
 from signaling.namespace import SignalingNamespace
 from signaling.relay import Relay
 
@@ -136,10 +137,16 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     monitor = MonitorNamespace(app[GATE], store, app[LIFECYCLE])
     sio.register_namespace(signal)
     sio.register_namespace(monitor)
-    unsubscribe = app[BUS].subscribe(monitor.deliver)
+
+    async def on_event(event: dict[str, Any]) -> None:
+        if event.get("type") == "phase_changed" and Phase(event["data"]["to"]).terminal:
+            await signal.end_session(event["session_id"], event["data"]["to"])
+
+    unsubscribers = [app[BUS].subscribe(monitor.deliver), app[BUS].subscribe(on_event)]
     app[RELAY], app[SIGNAL], app[MONITOR] = relay, signal, monitor
     yield
-    unsubscribe()
+    for unsubscribe in unsubscribers:
+        unsubscribe()
     for sid in list(signal.principals) + list(monitor.principals):
         for ns in (signal.namespace, monitor.namespace):
             try:

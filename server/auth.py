@@ -8,7 +8,7 @@ still exist and be unrevoked each time it is used (revoking the row revokes the 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,7 @@ class Principal:
     user_id: int | None = None
     invite_id: str | None = None
     session_id: str | None = None  # set for invites: the one session they open
+    expires_at: int | None = None  # the token's expiry (Unix seconds), checked on every event
 
     @property
     def is_staff(self) -> bool:
@@ -134,11 +135,12 @@ async def authenticate(db: AsyncSession, token: object, secret: str, now: dateti
     """Turn a token into a :class:`Principal`, checking the account or invite still stands."""
     claims = decode_token(token, secret)
     kind, _, ident = str(claims["sub"]).partition(":")
+    expires_at = int(claims["exp"])
     if kind == "user" and ident.isdigit():
         user = await db.get(User, int(ident))
         if user is None or not user.active:
             raise AuthError("account_disabled", "this account no longer exists or is disabled")
-        return principal_for_user(user)
+        return replace(principal_for_user(user), expires_at=expires_at)
     if kind == "invite":
         invite = await db.get(Invite, ident)
         if invite is None or invite.revoked_at is not None:
@@ -155,6 +157,7 @@ async def authenticate(db: AsyncSession, token: object, secret: str, now: dateti
             name=invite.name,
             invite_id=invite.id,
             session_id=invite.session_id,
+            expires_at=expires_at,
         )
     raise AuthError("token_invalid", "the token names no known subject")
 

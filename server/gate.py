@@ -24,12 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.clock import Clock
 from server.auth import Access, AuthError, Principal, authenticate, may
-from server.models import Invite
+from server.models import Invite, User
 from server.models import Session as SessionRow
 
 log = logging.getLogger(__name__)
 
 MAX_ID_CHARS = 64
+TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "a boolean",
+    dict: "an object",
+    list: "a list",
+}
 
 
 class ClientError(Exception):
@@ -62,7 +69,9 @@ def require_fields(
         if name in data and (
             not isinstance(data[name], typ) or (typ is int and isinstance(data[name], bool))
         ):
-            raise ClientError("bad_request", f"field {name!r} must be a {typ.__name__}")
+            raise ClientError(
+                "bad_request", f"field {name!r} must be {TYPE_NAMES.get(typ, typ.__name__)}"
+            )
     return data
 
 
@@ -95,10 +104,18 @@ class Gate:
         An unknown session and someone else's session give different codes only to staff of
         the clinic; a patient probing ids learns nothing beyond "forbidden".
         """
+        now = self.clock.now()
+        if principal.expires_at is not None and principal.expires_at <= now.timestamp():
+            raise ClientError("token_expired", "your sign-in has expired; sign in again")
         async with self.sessionmaker() as db:
+            # A revoked invite or a disabled account stops working on its next event, not at
+            # its next connect.
             if principal.invite_id is not None:
-                # A revoked invite stops working on its next event, not at its next connect.
                 await self._check_invite(db, principal)
+            elif principal.user_id is not None:
+                user = await db.get(User, principal.user_id)
+                if user is None or not user.active:
+                    raise ClientError("account_disabled", "this account is disabled")
             row = await db.get(SessionRow, session_id)
         if row is None:
             if principal.is_staff:

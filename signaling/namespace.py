@@ -173,7 +173,9 @@ class SignalingNamespace(GuardedNamespace):
         if not data["sdp"].startswith("v=0"):
             raise ClientError("bad_sdp", "the SDP must start with v=0")
         peer = self._peer(sid, session_id)
-        await self.gate.authorize(principal, session_id, ROLES[peer.role])
+        row = await self.gate.authorize(principal, session_id, ROLES[peer.role])
+        if Phase(row.phase).terminal:
+            raise ClientError("session_ended", f"the session is {row.phase}")
 
         pc = make_peer_connection(self.ice_servers)
         tracks: tuple[RelayTrack, RelayTrack] | None = None
@@ -208,7 +210,10 @@ class SignalingNamespace(GuardedNamespace):
             previous = self.publisher_sid.get(session_id)
             self.publisher_sid[session_id] = sid
             if previous is not None and previous != sid:
-                # The same patient came back on a new connection before the old one timed out.
+                # The same patient came back on a new connection before the old one timed out
+                # (or opened a second tab): the newest wins, and the old one is told so it
+                # stops re-offering instead of taking the stream back.
+                await self.emit("replaced", {"session_id": session_id}, to=previous)
                 await self._leave(previous, session_id, "replaced")
             await self._report(session_id, "publisher_joined", {"who": principal.subject})
             await self._emit_presence(session_id)
@@ -248,9 +253,29 @@ class SignalingNamespace(GuardedNamespace):
                 log.info("peer connection failed", extra={"session": peer.session_id, "sid": sid})
                 await self._discard(pc, peer.tracks)
                 peer.pc, peer.tracks = None, None
+                if peer.role == "publisher" and self.publisher_sid.get(peer.session_id) == sid:
+                    del self.publisher_sid[peer.session_id]
+                    await self._report(
+                        peer.session_id, "publisher_left", {"who": peer.who, "reason": "ice_failed"}
+                    )
+                    await self._emit_presence(peer.session_id)
                 await self.emit(
                     "peer_failed", {"session_id": peer.session_id, "as": peer.role}, to=sid
                 )
+
+    async def end_session(self, session_id: str, phase: str) -> None:
+        """The session is over: tell everyone joined, close their media, free the relay."""
+        await self.emit(
+            "session_ended", {"session_id": session_id, "phase": phase}, room=room(session_id)
+        )
+        for sid, peers in list(self.peers.items()):
+            peer = peers.pop(session_id, None)
+            if peer is None:
+                continue
+            await self._close_media(peer)
+            await self.leave_room(sid, room(session_id))
+        self.publisher_sid.pop(session_id, None)
+        await self.relay.drop(session_id)
 
     async def close(self) -> None:
         """Close every peer connection (application shutdown)."""

@@ -126,6 +126,15 @@ async def db_url(
 
 
 @pytest.fixture
+async def pg_url(pg_database: PgDatabase) -> str:
+    """PostgreSQL only (several nodes share one database), emptied for this test."""
+    need(pg_database.url is not None, pg_database.problem or "PostgreSQL unavailable")
+    assert pg_database.url is not None
+    await _truncate(pg_database.url)
+    return pg_database.url
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """SQLite only, for tests about something other than persistence."""
     return f"sqlite+aiosqlite:///{tmp_path / 'vigil.sqlite3'}"

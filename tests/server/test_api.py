@@ -175,3 +175,40 @@ async def test_healthz_reports_an_unreachable_database(world: World, tmp_path: P
     db_file.mkdir()
     status, body = await _req(world, "GET", "/healthz")
     assert status == 503 and body["database"] == "unreachable"
+
+
+async def test_invites_can_be_revoked_and_api_errors_are_json(world: World) -> None:
+    s1 = world.sessions["s1"]
+    status, invite = await _req(
+        world,
+        "POST",
+        f"/api/sessions/{s1}/invites",
+        "clin_a",
+        {"role": "guide", "name": "Gail Guide"},
+    )
+    world.tokens["guide"] = invite["token"]
+    assert (await _req(world, "GET", "/api/me", "guide"))[0] == 200
+    status, body = await _req(world, "DELETE", f"/api/invites/{invite['invite_id']}", "pat1")
+    assert status == 403
+    status, body = await _req(world, "DELETE", f"/api/invites/{invite['invite_id']}", "clin_a")
+    assert status == 200 and body["revoked_at"]
+    status, body = await _req(world, "GET", "/api/me", "guide")
+    assert status == 401 and body["error"]["code"] == "invite_revoked"
+    status, body = await _req(world, "DELETE", "/api/invites/nope", "clin_a")
+    assert status == 404
+    status, body = await _req(world, "GET", "/api/no/such/thing", "clin_a")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await _req(world, "PUT", "/api/login")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    status, body = await _req(
+        world,
+        "POST",
+        f"/api/sessions/{s1}/invites",
+        "clin_a",
+        {"role": "guide", "name": "G", "ttl_hours": 10**12},
+    )
+    assert status == 400 and body["error"]["code"] == "bad_ttl"
+    status, body = await _req(world, "GET", "/api/config")
+    assert status == 401
+    status, body = await _req(world, "GET", "/api/config", "clin_a")
+    assert status == 200 and body == {"ice_servers": [], "time_scale": 1.0}

@@ -307,3 +307,81 @@ async def test_oversized_socket_message_is_refused_without_harm(world: World) ->
     finally:
         await big.close()
         await other.close()
+
+
+async def test_ending_the_session_closes_everyones_media(world: World) -> None:
+    from server.keys import LIFECYCLE, RELAY
+
+    s1 = world.sessions["s1"]
+    patient = await _client(world, "pat1")
+    clinician = await _client(world, "clin_a")
+    ended: list[Any] = []
+    patient.sio.on("session_ended", ended.append, namespace="/signal")
+    clinician.sio.on("session_ended", ended.append, namespace="/signal")
+    watcher = Watcher()
+    try:
+        await patient.publish(s1, [ToneAudioTrack(), PatternVideoTrack("P", fps=20)])
+        await clinician.view(s1, watcher.on_track)
+        await watcher.until(lambda: len(watcher.frames) >= 3)
+        await world.app[LIFECYCLE].end_early(s1, "patient asked to stop", actor="test")
+        await watcher.until(lambda: len(ended) == 2, timeout=10)
+        assert {e["phase"] for e in ended} == {"ended_early"}
+        assert world.app[RELAY].relayed_tracks == 0 and s1 not in world.app[RELAY].sessions()
+        for client, as_ in ((patient, "publisher"), (clinician, "viewer")):
+            with pytest.raises(SignalingFailed) as e:
+                await client.join(s1, as_)
+            assert e.value.code == "session_ended"
+    finally:
+        watcher.stop()
+        await patient.close()
+        await clinician.close()
+
+
+async def test_a_second_publisher_connection_replaces_the_first_and_tells_it(world: World) -> None:
+    s1 = world.sessions["s1"]
+    tab1 = await _client(world, "pat1")
+    tab2 = await _client(world, "pat1")
+    replaced: list[Any] = []
+    tab1.sio.on("replaced", replaced.append, namespace="/signal")
+    try:
+        await tab1.publish(s1, [ToneAudioTrack(), PatternVideoTrack("P")])
+        await tab2.publish(s1, [ToneAudioTrack(), PatternVideoTrack("P")])
+        async with asyncio.timeout(5):
+            while not replaced:
+                await asyncio.sleep(0.02)
+        assert replaced == [{"session_id": s1}]
+        # The first tab is no longer joined; the second publishes.
+        with pytest.raises(SignalingFailed) as e:
+            await tab1.call("offer", {"session_id": s1, "type": "offer", "sdp": "v=0\r\n"})
+        assert e.value.code == "not_joined"
+        presence = await tab2.call("presence", {"session_id": s1})
+        assert presence["publisher_online"] is True
+    finally:
+        await tab1.close()
+        await tab2.close()
+
+
+async def test_an_expired_token_stops_working_on_the_next_event(world: World) -> None:
+    from datetime import timedelta
+
+    from server.auth import Principal, issue_token
+    from server.keys import CLOCK
+    from tests.conftest import TEST_SECRET
+
+    now = world.app[CLOCK].now()
+    short = issue_token(
+        Principal(subject=f"user:{world.users['clin_a']}", role="clinician", clinic_id=1, name="x"),
+        TEST_SECRET,
+        now,
+        now + timedelta(seconds=2),
+    )
+    client = SignalingClient(world.url, short, reconnect=False)
+    await client.connect()
+    try:
+        await client.join(world.sessions["s1"], "viewer")
+        await asyncio.sleep(2.5)
+        with pytest.raises(SignalingFailed) as e:
+            await client.join(world.sessions["s2"], "viewer")
+        assert e.value.code == "token_expired"
+    finally:
+        await client.close()
