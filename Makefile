@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PY_STAMP  := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: run test lint deps bench clean
+.PHONY: run test lint deps clean
 
 $(PY_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,6 @@ lint: deps
 
 test: lint
 	$(BIN)/pytest
-
-bench: deps
-	$(BIN)/python -m bench.relay_cpu
 
 clean:
 	rm -rf $(VENV) node_modules var .pytest_cache .ruff_cache
