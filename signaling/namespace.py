@@ -182,6 +182,10 @@ class SignalingNamespace(GuardedNamespace):
         try:
             if peer.role == "publisher":
                 self.relay.attach(session_id, pc)
+            else:
+                # A viewer's offer may send media too (a browser with a camera on); nothing
+                # relays it, but every received track must be read.
+                pc.on("track", self.relay.discard)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="offer"))
             if peer.role == "viewer":
                 kinds = {t.kind for t in pc.getTransceivers()}

@@ -24,7 +24,6 @@ import fractions
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
@@ -227,7 +226,7 @@ class Relay:
 
     def __init__(self) -> None:
         self._publications: dict[str, Publication] = {}
-        self.on_change: Callable[[], None] | None = None
+        self._drains: set[asyncio.Task[None]] = set()
 
     def publication(self, session_id: str) -> Publication:
         """The session's publication, created on first use."""
@@ -248,6 +247,21 @@ class Relay:
     def subscribe(self, session_id: str) -> tuple[RelayTrack, RelayTrack]:
         """Stable (audio, video) tracks for a viewer of *session_id*."""
         return self.publication(session_id).subscribe()
+
+    def discard(self, track: MediaStreamTrack) -> None:
+        """Read and drop a track nobody relays (a viewer that also sends media).
+
+        aiortc queues received frames without bound until someone reads them.
+        """
+
+        async def drain() -> None:
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    await track.recv()
+
+        task = asyncio.create_task(drain(), name="relay.discard")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     def health(self, session_id: str) -> MediaHealth | None:
         """The publisher's media health, or None if nothing was ever published here."""
@@ -273,3 +287,7 @@ class Relay:
         """Stop everything (application shutdown)."""
         for session_id in list(self._publications):
             await self.drop(session_id)
+        for task in list(self._drains):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

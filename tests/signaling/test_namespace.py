@@ -385,3 +385,37 @@ async def test_an_expired_token_stops_working_on_the_next_event(world: World) ->
         assert e.value.code == "token_expired"
     finally:
         await client.close()
+
+
+async def test_media_sent_by_a_viewer_is_read_and_dropped(world: World) -> None:
+    from aiortc import RTCSessionDescription
+
+    from server.keys import RELAY
+    from signaling.peer import make_peer_connection
+
+    s1 = world.sessions["s1"]
+    patient = await _client(world, "pat1")
+    clinician = await _client(world, "clin_a")
+    watcher = Watcher()
+    own_camera = PatternVideoTrack("clinician camera", fps=20)
+    pc = make_peer_connection()
+    try:
+        await patient.publish(s1, [ToneAudioTrack(), PatternVideoTrack("P", fps=20)])
+        await clinician.join(s1, "viewer")
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTrack(own_camera)  # sendrecv video: the clinician's camera is on
+        pc.on("track", watcher.on_track)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await clinician.call(
+            "offer", {"session_id": s1, "type": "offer", "sdp": pc.localDescription.sdp}
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await watcher.until(lambda: len(watcher.frames) >= 5)
+        await watcher.until(lambda: own_camera.frames_sent >= 20)
+        drains = world.app[RELAY]._drains
+        assert len(drains) == 1 and not next(iter(drains)).done()
+    finally:
+        watcher.stop()
+        await pc.close()
+        await patient.close()
+        await clinician.close()
