@@ -28,6 +28,7 @@ run: deps
 lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy server signaling monitoring
 
 test: lint
 	$(BIN)/pytest
