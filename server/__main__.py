@@ -21,6 +21,7 @@ from server.config import Settings, SettingsError, load_settings
 from server.logs import configure_logging
 
 log = logging.getLogger("vigil")
+SHUTDOWN_TIMEOUT_SECS = 2.0
 
 
 def _run(settings: Settings) -> int:
@@ -46,7 +47,8 @@ def _run(settings: Settings) -> int:
         port=settings.port,
         print=None,
         access_log_format='%a "%r" %s %b %Tf',
-        shutdown_timeout=5,
+        # Realtime connections were closed in on_shutdown; what is left is cancelled soon.
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECS,
     )
     return 0
 

@@ -7,6 +7,8 @@ typed ``web.AppKey`` s (DESIGN invariant 9: no module-level runtime state).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from server.keys import (
     BUS,
     CLOCK,
     DEMO_LINKS,
+    DEMO_PATIENTS,
     ENGINE,
     GATE,
     LIFECYCLE,
@@ -164,8 +167,35 @@ async def _demo(app: web.Application) -> AsyncIterator[None]:
     patients = DemoPatients(app, links)
     patients.start()
     app[DEMO_LINKS] = links
+    app[DEMO_PATIENTS] = patients
     yield
     await patients.stop()
+
+
+# Closing one Engine.IO connection should take milliseconds; never let one hang shutdown.
+CLOSE_CONNECTION_TIMEOUT_SECS = 1.0
+
+
+async def _close_connections(app: web.Application) -> None:
+    """on_shutdown: end every realtime connection before aiohttp waits for open handlers.
+
+    aiohttp waits ``shutdown_timeout`` for handlers still running (each websocket is one)
+    before the cleanup contexts run; closing them here makes a stop take milliseconds.
+    The simulated patients go first: they are clients of this very server and would
+    otherwise reconnect.
+    """
+    patients = app.get(DEMO_PATIENTS)
+    if patients is not None:
+        await patients.stop()
+    eio = app[SIO].eio
+    closing = [eio.disconnect(eio_sid) for eio_sid in list(eio.sockets)]
+    if closing:
+        # All at once, bounded: a connection whose peer vanished may never finish closing;
+        # aiohttp cancels its handler after shutdown_timeout anyway.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*closing, return_exceptions=True), CLOSE_CONNECTION_TIMEOUT_SECS
+            )
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -181,5 +211,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_realtime)
     if settings.demo:
         app.cleanup_ctx.append(_demo)
+    app.on_shutdown.append(_close_connections)
     api.setup_routes(app, STATIC_DIR, NODE_MODULES)
     return app

@@ -40,6 +40,7 @@ DEMO_STAFF = (
 DEMO_PATIENT_NAMES = ("Alex Rivera", "Sam Okafor", "Jordan Lee", "Robin Novak", "Kim Haddad")
 # Seconds between a simulated patient's attempts to (re)connect.
 RETRY_SECS = 1.0
+STOP_TIMEOUT_SECS = 3.0
 
 
 @dataclass
@@ -162,6 +163,8 @@ class DemoPatients:
         self.app = app
         self.sessions: list[DemoSession] = list(links.get("sessions", []))  # type: ignore[call-overload]
         self._tasks: list[asyncio.Task[None]] = []
+        self._clients: set[SignalingClient] = set()
+        self._stopping = False
 
     def start(self) -> None:
         """Start every simulated patient (each retries until the server listens)."""
@@ -174,8 +177,9 @@ class DemoPatients:
         url = f"http://{settings.host}:{settings.port}"
         video = PatternVideoTrack(demo.patient_name)
         audio = ToneAudioTrack()
-        while True:
+        while not self._stopping:
             client = SignalingClient(url, demo.patient_token)
+            self._clients.add(client)
 
             async def republish(client: SignalingClient = client) -> None:
                 with contextlib.suppress(Exception):
@@ -199,13 +203,24 @@ class DemoPatients:
             except Exception as exc:  # the server is not listening yet, or went away
                 log.debug("simulated patient retrying", extra={"error": type(exc).__name__})
             finally:
+                self._clients.discard(client)
                 await client.close()
             await asyncio.sleep(RETRY_SECS)
 
     async def stop(self) -> None:
-        """Stop every simulated patient."""
+        """Stop every simulated patient (idempotent)."""
+        self._stopping = True
+        # Disconnect first: that also aborts python-socketio's reconnection loop, which a
+        # cancelled task would otherwise leave retrying against a server that is going away.
+        closing = [client.close() for client in list(self._clients)]
+        if closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*closing, return_exceptions=True), STOP_TIMEOUT_SECS
+                )
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, STOP_TIMEOUT_SECS)
+        self._tasks.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import socketio
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,6 +18,9 @@ from server.gate import Gate
 from server.metrics import Metrics
 from signaling.namespace import SignalingNamespace
 from signaling.relay import Relay
+
+if TYPE_CHECKING:  # server.demo imports this module
+    from server.demo import DemoPatients
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
@@ -32,3 +37,5 @@ SIGNAL = web.AppKey("signal", SignalingNamespace)
 MONITOR = web.AppKey("monitor", MonitorNamespace)
 # Login links printed by the demo: name → URL.
 DEMO_LINKS = web.AppKey("demo_links", dict)
+# The simulated patients of the demo, stopped first at shutdown.
+DEMO_PATIENTS: web.AppKey[DemoPatients] = web.AppKey("demo_patients")

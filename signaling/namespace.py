@@ -283,8 +283,9 @@ class SignalingNamespace(GuardedNamespace):
 
     async def close(self) -> None:
         """Close every peer connection (application shutdown)."""
-        for peers in self.peers.values():
-            for peer in peers.values():
+        # Copies: disconnect handlers remove entries while pc.close() awaits.
+        for peers in list(self.peers.values()):
+            for peer in list(peers.values()):
                 await self._close_media(peer)
         self.peers.clear()
         self.publisher_sid.clear()

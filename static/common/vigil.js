@@ -105,12 +105,21 @@ const Vigil = (() => {
         status(pc.connectionState);
         if (pc.connectionState === "failed") setTimeout(() => negotiate().catch(report), 1000);
       };
-      await pc.setLocalDescription(await pc.createOffer());
-      await gathered(pc);
-      const answer = await call(sock, "offer", {
-        session_id: sessionId, type: "offer", sdp: pc.localDescription.sdp,
-      });
-      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      // A newer negotiation (peer_failed and "failed" both start one) replaces `pc`: this one
+      // must then stop, and never apply its answer to the newer connection.
+      try {
+        await mine.setLocalDescription(await mine.createOffer());
+        await gathered(mine);
+        if (mine !== pc) return;
+        const answer = await call(sock, "offer", {
+          session_id: sessionId, type: "offer", sdp: mine.localDescription.sdp,
+        });
+        if (mine !== pc) return;
+        await mine.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      } catch (err) {
+        if (mine !== pc) return; // closed by the newer negotiation
+        throw err;
+      }
       status("negotiated");
     }
 
