@@ -123,16 +123,35 @@ const Vigil = (() => {
       status("negotiated");
     }
 
+    // Refusals that a retry cannot fix; anything else (a timeout, a network error, an
+    // unjoined socket after a reconnect) is retried with a growing delay.
+    const FATAL = ["forbidden", "session_ended", "bad_request", "bad_sdp", "token_expired",
+      "token_invalid", "invite_revoked", "account_disabled", "already_joined", "unknown_session"];
+    let delayMs = 1000;
+    let retryTimer = null;
+    function retry() {
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(() => negotiate().then(() => { delayMs = 1000; }, report), delayMs);
+      delayMs = Math.min(delayMs * 2, 15000);
+    }
+
     function report(err) {
       status(`error: ${err.code || ""} ${err.message}`);
-      // Transient failures retry; refusals (forbidden, session_ended) do not.
-      if (!["forbidden", "session_ended", "bad_request"].includes(err.code)) {
-        setTimeout(() => negotiate().catch(report), 2000);
-      }
+      if (!stopped && !FATAL.includes(err.code)) retry();
+    }
+
+    function halt(reason) {
+      stopped = true;
+      clearTimeout(retryTimer);
+      if (pc) pc.close();
+      status(reason);
     }
 
     sock.on("connect", () => negotiate().catch(report));
     sock.on("peer_failed", (d) => { if (d.session_id === sessionId) negotiate().catch(report); });
+    // Another tab or device of the same patient took over: stop, do not take it back.
+    sock.on("replaced", (d) => { if (d.session_id === sessionId) halt("replaced"); });
+    sock.on("session_ended", (d) => { if (d.session_id === sessionId) halt("ended"); });
     if (sock.connected) negotiate().catch(report);
     return {
       stop() {
@@ -144,25 +163,63 @@ const Vigil = (() => {
     };
   }
 
-  // Follow a session's events over /monitor from a cursor; onState gets the state snapshot,
-  // onEvent each new event once, in order. Re-follows from the cursor after a reconnect.
+  // Follow a session's events over /monitor from a cursor. onState gets each state snapshot
+  // (the follow reply and the server's `state` pushes), onEvent each event once, in order.
+  // Live events that arrive while a follow is in flight are held and applied after its
+  // replay; a gap, a reconnect or a failed follow re-follows from the cursor.
   function follow(sock, sessionId, { onState, onEvent }) {
     let cursor = 0;
-    function accept(ev) {
-      if (ev.session_id !== sessionId || ev.seq <= cursor) return; // duplicate
-      if (ev.seq > cursor + 1) { refollow(); return; } // gap: fetch what we missed
+    let inflight = null;
+    let held = [];
+    let stateSeq = -1;
+
+    function showState(state) {
+      if (state.last_seq < stateSeq) return; // an older snapshot overtaken by a newer one
+      stateSeq = state.last_seq;
+      onState && onState(state);
+    }
+
+    // Returns true when ev shows that something is missing.
+    function apply(ev) {
+      if (ev.seq <= cursor) return false; // duplicate
+      if (ev.seq > cursor + 1) return true; // gap
       cursor = ev.seq;
       onEvent && onEvent(ev);
+      return false;
     }
-    async function refollow() {
-      const r = await call(sock, "follow", { session_id: sessionId, after_seq: cursor });
-      if (r.truncated) cursor = r.events.length ? r.events[0].seq - 1 : cursor;
-      onState && onState(r.state);
-      r.events.forEach(accept);
+
+    function accept(ev) {
+      if (ev.session_id !== sessionId) return;
+      if (inflight) { held.push(ev); return; }
+      if (apply(ev)) refollow();
     }
+
+    function refollow() {
+      if (inflight) return inflight; // coalesce: one follow at a time
+      inflight = call(sock, "follow", { session_id: sessionId, after_seq: cursor })
+        .then((r) => {
+          // Too far behind to replay: the snapshot replaces the history.
+          if (r.truncated) cursor = Math.max(cursor, r.state.last_seq);
+          showState(r.state);
+          let gap = false;
+          for (const ev of r.events) gap = apply(ev) || gap;
+          const later = held.sort((a, b) => a.seq - b.seq);
+          held = [];
+          for (const ev of later) gap = apply(ev) || gap;
+          return gap;
+        })
+        .catch(() => true)
+        .then((again) => {
+          inflight = null;
+          if (again && sock.connected) setTimeout(refollow, 500);
+        });
+      return inflight;
+    }
+
     sock.on("event", accept);
-    sock.on("connect", () => refollow().catch(() => {}));
-    if (sock.connected) refollow().catch(() => {});
+    sock.on("state", (s) => { if (s.session_id === sessionId) showState(s); });
+    sock.on("connect", refollow);
+    if (sock.connected) refollow();
     return { refresh: refollow };
   }
 

@@ -48,6 +48,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
+    # For loopback-only hosts, where .ci/run gives lo a second address (aiortc skips 127.0.0.1).
+    "--allow-loopback-in-peer-connection",
 ]
 # The issue's acceptance criterion: the clinician link shows live video within 10 seconds.
 FIRST_VIDEO_SECS = 10.0
@@ -518,3 +520,49 @@ async def test_vigil_js_superseded_negotiation_leaves_the_new_connection_alone(
     assert not [s for s in result["statuses"] if s.startswith("error")], result
     assert result["statuses"].count("negotiated") == 1, result
     assert result["state"] == "connected", result
+
+
+async def test_phase_changes_reach_the_open_pages_without_a_reload(
+    demo: Demo, browser: Browser, console: Console
+) -> None:
+    """A clinician admits Jordan on the roster; the on-call nurse starts Sam's dosing over the
+    API. Both pages already open follow along from the server's pushes."""
+    import json
+
+    patient = await _patient_publishing(browser, console, demo)
+    _, roster = await _new_page(browser, console, "clinician")
+    await roster.goto(demo.links["clinician"])
+    jordan, sam = _tile(roster, JORDAN), _tile(roster, "Sam Okafor")
+    await jordan.locator(".phase", has_text="Lobby").wait_for(timeout=10_000)
+    await sam.locator(".phase", has_text="Pre-check").wait_for(timeout=10_000)
+
+    await jordan.locator("[data-action=admit]").click()
+    await jordan.locator(".phase", has_text="Pre-check").wait_for(timeout=5_000)
+    await patient.locator("#phase", has_text="Pre-check").wait_for(timeout=5_000)
+
+    def api(path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+        req = urllib.request.Request(
+            demo.url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {token}"} if token else {}),
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return dict(json.loads(r.read()))
+
+    from server.demo import DEMO_PASSWORD
+
+    nurse = await asyncio.to_thread(
+        api, "/api/login", {"username": "nurse.demo", "password": DEMO_PASSWORD}
+    )
+    session_id = await sam.get_attribute("data-session-id")
+    await asyncio.to_thread(
+        api, f"/api/sessions/{session_id}/actions", {"action": "start_dosing"}, nurse["token"]
+    )
+    await sam.locator(".phase", has_text="Dosing").wait_for(timeout=5_000)
+    # The clock starts for Sam: minutes since the dose count up on the roster.
+    await roster.wait_for_function(
+        "el => el.textContent.trim() !== '—'",
+        arg=await sam.locator(".clock").element_handle(),
+        timeout=5_000,
+    )
