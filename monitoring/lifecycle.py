@@ -38,6 +38,8 @@ ACTIONS: dict[str, tuple[Phase, Phase]] = {
     "start_dosing": (Phase.PRE_CHECK, Phase.DOSING),
     "sign_off": (Phase.AWAITING_SIGNOFF, Phase.COMPLETED),
 }
+# Ending early is an action too, one that needs a reason.
+END_ACTION = "end"
 # What the clock does when a phase's deadline passes, and why (the event's reason).
 CLOCK_STEPS: dict[Phase, tuple[Phase, str]] = {
     Phase.DOSING: (Phase.ACTIVE, "dissolved"),
@@ -168,6 +170,21 @@ class Lifecycle:
             await self._enter(tx, row, to, reason=action, actor=actor, at=now)
             state = session_state(row, self.clock)
         return state
+
+    @staticmethod
+    def check_action(action: str) -> None:
+        """Raise ``bad_request`` for a name that is not a clock action (before authorising)."""
+        if action not in ACTIONS and action != END_ACTION:
+            raise TransitionError("bad_request", f"unknown action {action[:40]!r}")
+
+    async def perform(
+        self, session_id: str, action: str, reason: str | None, *, actor: str
+    ) -> dict[str, Any]:
+        """Any human clock action by name: ``admit``, ``start_dosing``, ``sign_off``, ``end``."""
+        self.check_action(action)
+        if action == END_ACTION:
+            return await self.end_early(session_id, reason or "", actor=actor)
+        return await self.act(session_id, action, actor=actor)
 
     async def end_early(self, session_id: str, reason: str, *, actor: str) -> dict[str, Any]:
         """End a session that has not finished, recording why."""

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from monitoring.events import EventStore
-from monitoring.lifecycle import ACTIONS, Lifecycle, TransitionError, session_state
+from monitoring.lifecycle import Lifecycle, TransitionError, session_state
 from server.auth import Access, Principal
 from server.gate import ClientError, Gate, GuardedNamespace, require_fields, session_id_of
 from server.models import Session as SessionRow
@@ -98,17 +98,12 @@ class MonitorNamespace(GuardedNamespace):
         """``act {session_id, action, reason?}``: admit, start_dosing, sign_off or end."""
         data = require_fields(data, {"session_id": str, "action": str}, {"reason": str})
         session_id = session_id_of(data)
-        action = data["action"]
-        if action not in ACTIONS and action != "end":
-            raise ClientError("bad_request", f"unknown action {action[:40]!r}")
-        await self.gate.authorize(principal, session_id, Access.CONTROL)
         try:
-            if action == "end":
-                state = await self.lifecycle.end_early(
-                    session_id, data.get("reason", ""), actor=principal.subject
-                )
-            else:
-                state = await self.lifecycle.act(session_id, action, actor=principal.subject)
+            self.lifecycle.check_action(data["action"])
+            await self.gate.authorize(principal, session_id, Access.CONTROL)
+            state = await self.lifecycle.perform(
+                session_id, data["action"], data.get("reason"), actor=principal.subject
+            )
         except TransitionError as exc:
             raise ClientError(exc.code, exc.message) from None
         return {"state": state}

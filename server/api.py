@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import func, select
 
-from monitoring.lifecycle import ACTIONS, TransitionError, session_state
+from monitoring.lifecycle import TransitionError, session_state
 from server import accounts
 from server.auth import (
     Access,
@@ -334,15 +334,10 @@ async def act(request: web.Request) -> web.Response:
     p = await _principal(request)
     session_id = request.match_info["id"]
     data = require_fields(await _body(request), {"action": str}, {"reason": str})
-    action = data["action"]
-    if action not in ACTIONS and action != "end":
-        raise ClientError("bad_request", f"unknown action {action[:40]!r}")
-    await request.app[GATE].authorize(p, session_id, Access.CONTROL)
     lifecycle = request.app[LIFECYCLE]
-    if action == "end":
-        state = await lifecycle.end_early(session_id, data.get("reason", ""), actor=p.subject)
-    else:
-        state = await lifecycle.act(session_id, action, actor=p.subject)
+    lifecycle.check_action(data["action"])
+    await request.app[GATE].authorize(p, session_id, Access.CONTROL)
+    state = await lifecycle.perform(session_id, data["action"], data.get("reason"), actor=p.subject)
     return web.json_response({"state": state})
 
 

@@ -93,15 +93,22 @@ def login_token(user: User, secret: str, now: datetime) -> str:
 
 def invite_token(invite: Invite, clinic_id: int, secret: str, now: datetime) -> str:
     """The token inside an invite link; it expires with the invite."""
-    principal = Principal(
+    return issue_token(principal_for_invite(invite, clinic_id), secret, now, invite.expires_at)
+
+
+def principal_for_invite(
+    invite: Invite, clinic_id: int, expires_at: int | None = None
+) -> Principal:
+    """The principal of an invite's holder: one session, the invite's role."""
+    return Principal(
         subject=f"invite:{invite.id}",
         role=invite.role,
         clinic_id=clinic_id,
         name=invite.name,
         invite_id=invite.id,
         session_id=invite.session_id,
+        expires_at=expires_at,
     )
-    return issue_token(principal, secret, now, invite.expires_at)
 
 
 def principal_for_user(user: User) -> Principal:
@@ -150,15 +157,7 @@ async def authenticate(db: AsyncSession, token: object, secret: str, now: dateti
         session = await db.get(SessionRow, invite.session_id)
         if session is None:
             raise AuthError("invite_revoked", "the session of this invite no longer exists")
-        return Principal(
-            subject=f"invite:{invite.id}",
-            role=invite.role,
-            clinic_id=session.clinic_id,
-            name=invite.name,
-            invite_id=invite.id,
-            session_id=invite.session_id,
-            expires_at=expires_at,
-        )
+        return principal_for_invite(invite, session.clinic_id, expires_at)
     raise AuthError("token_invalid", "the token names no known subject")
 
 

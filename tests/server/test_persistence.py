@@ -44,6 +44,20 @@ async def _people(store: EventStore) -> tuple[int, int, int]:
         return clinic.id, doc.id, pat.id
 
 
+async def _session(store: EventStore) -> str:
+    """A new session of the clinic's patient, starting now."""
+    clinic_id, doc_id, pat_id = await _people(store)
+    created = await accounts.create_session(
+        store,
+        clinic_id=clinic_id,
+        patient_id=pat_id,
+        clinician_id=doc_id,
+        scheduled_start=store.clock.now(),
+        actor="test",
+    )
+    return str(created["session_id"])
+
+
 async def test_accounts_and_argon2_hashes(store: EventStore) -> None:
     await _people(store)
     async with store.sessionmaker() as db:
@@ -106,16 +120,7 @@ async def test_session_created_with_protocol_snapshot_and_first_event(store: Eve
 
 
 async def test_sequence_is_gapless_under_concurrent_writers(store: EventStore) -> None:
-    clinic_id, doc_id, pat_id = await _people(store)
-    created = await accounts.create_session(
-        store,
-        clinic_id=clinic_id,
-        patient_id=pat_id,
-        clinician_id=doc_id,
-        scheduled_start=store.clock.now(),
-        actor="test",
-    )
-    sid = created["session_id"]
+    sid = await _session(store)
 
     async def write(i: int) -> None:
         async with store.transaction() as tx:
@@ -129,17 +134,7 @@ async def test_sequence_is_gapless_under_concurrent_writers(store: EventStore) -
 
 
 async def test_a_failed_transaction_leaves_no_event_and_no_gap(store: EventStore) -> None:
-    clinic_id, doc_id, pat_id = await _people(store)
-    sid = (
-        await accounts.create_session(
-            store,
-            clinic_id=clinic_id,
-            patient_id=pat_id,
-            clinician_id=doc_id,
-            scheduled_start=store.clock.now(),
-            actor="test",
-        )
-    )["session_id"]
+    sid = await _session(store)
     published: list[dict[str, object]] = []
 
     async def seen(ev: dict[str, object]) -> None:
@@ -159,17 +154,7 @@ async def test_a_failed_transaction_leaves_no_event_and_no_gap(store: EventStore
 
 
 async def test_client_id_is_stored_once(store: EventStore) -> None:
-    clinic_id, doc_id, pat_id = await _people(store)
-    sid = (
-        await accounts.create_session(
-            store,
-            clinic_id=clinic_id,
-            patient_id=pat_id,
-            clinician_id=doc_id,
-            scheduled_start=store.clock.now(),
-            actor="test",
-        )
-    )["session_id"]
+    sid = await _session(store)
     async with store.transaction() as tx:
         await tx.append(sid, "checkin", {"ok": True}, client_id="c-1")
     async with store.transaction() as tx:
@@ -187,17 +172,7 @@ async def test_client_id_is_stored_once(store: EventStore) -> None:
 
 
 async def test_invites_expire_and_record_their_session(store: EventStore) -> None:
-    clinic_id, doc_id, pat_id = await _people(store)
-    sid = (
-        await accounts.create_session(
-            store,
-            clinic_id=clinic_id,
-            patient_id=pat_id,
-            clinician_id=doc_id,
-            scheduled_start=store.clock.now(),
-            actor="test",
-        )
-    )["session_id"]
+    sid = await _session(store)
     now = store.clock.now()
     async with store.sessionmaker() as db, db.begin():
         row = await db.get(SessionRow, sid)
@@ -208,7 +183,7 @@ async def test_invites_expire_and_record_their_session(store: EventStore) -> Non
             role="sitter",
             name="Sam Sitter",
             phone="555-0101",
-            created_by=doc_id,
+            created_by=row.clinician_id,
             now=now,
             ttl=timedelta(hours=2),
         )
