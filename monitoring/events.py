@@ -9,12 +9,13 @@ bus (DESIGN invariant 1: nothing is emitted before the commit).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.bus import EventBus
@@ -126,3 +127,33 @@ class EventStore:
                 )
             ).scalars()
             return [event_dict(ev) for ev in rows]
+
+
+CommandBody = Callable[[Transaction], Awaitable[Event]]
+
+
+async def run_command(
+    store: EventStore, session_id: str, client_id: str | None, body: CommandBody
+) -> tuple[dict[str, Any], bool]:
+    """Run a client's command once however often it is retried (DESIGN invariant 3).
+
+    *body* does the work in a transaction and returns the command's main event, which it
+    must append with ``client_id``. If that client id already produced an event on the
+    session, *body* does not run and that event is returned with ``duplicate=True``. Two
+    copies racing each other meet the unique (session, client id) constraint: the loser's
+    transaction rolls back whole and it returns the winner's event.
+    """
+    for attempt in range(2):
+        try:
+            async with store.transaction() as tx:
+                if client_id is not None:
+                    existing = await tx.find_command(session_id, client_id)
+                    if existing is not None:
+                        return event_dict(existing), True
+                event = await body(tx)
+                result = event_dict(event)
+            return result, False
+        except IntegrityError:
+            if client_id is None or attempt == 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

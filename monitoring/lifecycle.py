@@ -5,16 +5,16 @@ lobby → pre_check (clinician admits) → dosing (clinician starts dosing; the 
 → awaiting_signoff (clock: recovery over) → completed (clinician signs off); ended_early with
 a reason from any non-terminal phase. Every transition is one ``phase_changed`` event written
 in the same transaction as the new phase. ``phase_deadline`` is when the clock itself moves the
-session on; :class:`ClockRunner` fires due deadlines, on startup too, so a restarted process
-resumes every session where it was.
+session on; :class:`monitoring.scheduler.Scheduler` fires due deadlines, on startup too, so a
+restarted process resumes every session where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,13 +23,15 @@ from sqlalchemy import func, select
 from monitoring.clock import Clock
 from monitoring.events import EventStore, Transaction
 from monitoring.protocol import Protocol
-from server.models import Phase
+from monitoring.vitals import dosing_blockers, latest_precheck_vitals
+from server.models import Flag, Phase
 from server.models import Session as SessionRow
+
+# Called in the transaction that enters a phase (check-ins are scheduled, alarms closed…).
+PhaseHook = Callable[[Transaction, SessionRow, Phase], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
-# How often the runner looks for deadlines set by *other* processes; its own are woken at once.
-CLOCK_POLL_SECS = 1.0
 MAX_END_REASON_CHARS = 500
 
 # Human actions: name → (phase it requires, phase it leads to).
@@ -99,6 +101,7 @@ class Lifecycle:
     store: EventStore
     clock: Clock
     wake: asyncio.Event | None = None
+    hooks: list[PhaseHook] = field(default_factory=list)
 
     def _deadline(self, row: SessionRow, phase: Phase, now: datetime) -> datetime | None:
         proto = Protocol.from_dict(row.protocol)
@@ -140,6 +143,8 @@ class Lifecycle:
         )
         if row.phase_deadline is not None and self.wake is not None:
             self.wake.set()
+        for hook in self.hooks:
+            await hook(tx, row, to)
 
     async def _locked(self, tx: Transaction, session_id: str) -> SessionRow:
         row = (
@@ -151,8 +156,15 @@ class Lifecycle:
             raise TransitionError("unknown_session", f"no session {session_id}")
         return row
 
-    async def act(self, session_id: str, action: str, *, actor: str) -> dict[str, Any]:
-        """Apply a clinician's *action* (``admit``, ``start_dosing``, ``sign_off``)."""
+    async def act(
+        self, session_id: str, action: str, *, actor: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Apply a clinician's *action* (``admit``, ``start_dosing``, ``sign_off``).
+
+        ``start_dosing`` is refused while the pre-check blocks it (checklist incomplete, vital
+        signs out of range) unless *reason* overrides, which is recorded. ``sign_off`` is
+        refused while a high-priority flag is open.
+        """
         if action not in ACTIONS:
             raise TransitionError("unknown_action", f"unknown action {action!r}")
         needs, to = ACTIONS[action]
@@ -163,7 +175,10 @@ class Lifecycle:
                     "wrong_phase", f"{action} needs phase {needs.value}, session is {row.phase}"
                 )
             now = self.clock.now()
+            if to is Phase.DOSING:
+                await self._gate_dosing(tx, row, reason, actor)
             if to is Phase.COMPLETED:
+                await self._gate_sign_off(tx, row)
                 row.signed_off_by = (
                     int(actor.split(":", 1)[1]) if actor.startswith("user:") else None
                 )
@@ -184,7 +199,47 @@ class Lifecycle:
         self.check_action(action)
         if action == END_ACTION:
             return await self.end_early(session_id, reason or "", actor=actor)
-        return await self.act(session_id, action, actor=actor)
+        return await self.act(session_id, action, actor=actor, reason=reason)
+
+    async def _gate_dosing(
+        self, tx: Transaction, row: SessionRow, reason: str | None, actor: str
+    ) -> None:
+        blockers = dosing_blockers(row, await latest_precheck_vitals(tx, row.id))
+        if not blockers:
+            return
+        reason = (reason or "").strip()
+        if not reason:
+            raise TransitionError(
+                "precheck_blocked",
+                "dosing is blocked until the pre-check passes: "
+                + ", ".join(blockers)
+                + " (a clinician may override with a reason)",
+            )
+        if len(reason) > MAX_END_REASON_CHARS:
+            raise TransitionError("reason_too_long", f"at most {MAX_END_REASON_CHARS} characters")
+        row.dosing_override = reason
+        await tx.append(
+            row.id, "dosing_override", {"blockers": blockers, "reason": reason}, actor=actor
+        )
+
+    async def _gate_sign_off(self, tx: Transaction, row: SessionRow) -> None:
+        high = (
+            (
+                await tx.db.execute(
+                    select(Flag.code).where(
+                        Flag.session_id == row.id,
+                        Flag.cleared_at.is_(None),
+                        Flag.priority == "high",
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if high:
+            raise TransitionError(
+                "open_high_flags", f"clear the open high-priority flags first: {', '.join(high)}"
+            )
 
     async def end_early(self, session_id: str, reason: str, *, actor: str) -> dict[str, Any]:
         """End a session that has not finished, recording why."""
@@ -245,43 +300,3 @@ class Lifecycle:
         """The earliest pending deadline of any session."""
         async with self.store.sessionmaker() as db:
             return (await db.execute(select(func.min(SessionRow.phase_deadline)))).scalar()
-
-
-class ClockRunner:
-    """Background task that fires due deadlines, resuming after a restart."""
-
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self.lifecycle = lifecycle
-        self.wake = asyncio.Event()
-        lifecycle.wake = self.wake
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            # Cleared before looking, so a deadline set while we look wakes the next wait.
-            self.wake.clear()
-            try:
-                while await self.lifecycle.advance_due():
-                    pass
-                nxt = await self.lifecycle.next_deadline()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("clock step failed; retrying")
-                nxt = None
-            delay = CLOCK_POLL_SECS
-            if nxt is not None:
-                delay = max(0.0, min(delay, (nxt - self.lifecycle.clock.now()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
-
-    def start(self) -> None:
-        """Start firing deadlines."""
-        self._task = asyncio.create_task(self._run(), name="vigil.clock")
-
-    async def stop(self) -> None:
-        """Stop and wait for the task to end."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

@@ -27,6 +27,7 @@ from server.auth import (
     load_user,
     login_token,
     verify_password,
+    visible_sessions,
 )
 from server.db import ping
 from server.gate import ClientError, require_fields
@@ -37,7 +38,9 @@ from server.keys import (
     LIFECYCLE,
     METRICS,
     MONITOR,
+    MONITORING,
     RELAY,
+    ROSTER,
     SESSIONMAKER,
     SETTINGS,
     SIGNAL,
@@ -160,18 +163,6 @@ async def config(request: web.Request) -> web.Response:
     )
 
 
-def _visible(p: Principal) -> Any:
-    """SQL condition for the sessions *p* may see in lists (mirrors :func:`server.auth.may`)."""
-    base = SessionRow.clinic_id == p.clinic_id
-    if p.invite_id is not None:
-        return base & (SessionRow.id == p.session_id)
-    if p.role == Role.PATIENT:
-        return base & (SessionRow.patient_id == p.user_id)
-    if p.role == Role.CLINICIAN:
-        return base & (SessionRow.clinician_id == p.user_id)
-    return base
-
-
 async def _session_json(request: web.Request, row: SessionRow, patient_name: str) -> dict[str, Any]:
 
     state = session_state(row, request.app[CLOCK])
@@ -194,7 +185,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     query = (
         select(SessionRow, User.display_name)
         .join(User, User.id == SessionRow.patient_id)
-        .where(_visible(p))
+        .where(visible_sessions(p))
         .order_by(SessionRow.scheduled_start)
     )
     if request.query.get("all") != "1":
@@ -341,6 +332,54 @@ async def act(request: web.Request) -> web.Response:
     return web.json_response({"state": state})
 
 
+async def roster(request: web.Request) -> web.Response:
+    """``GET /api/roster`` → the caller's open sessions with flags, alarms, check-ins, media."""
+    p = await _principal(request)
+    async with request.app[SESSIONMAKER]() as db:
+        rows = (
+            (
+                await db.execute(
+                    select(SessionRow)
+                    .where(visible_sessions(p))
+                    .where(
+                        SessionRow.phase.not_in([Phase.COMPLETED.value, Phase.ENDED_EARLY.value])
+                    )
+                    .limit(500)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return web.json_response({"sessions": await request.app[ROSTER].entries(list(rows))})
+
+
+async def alarm_board(request: web.Request) -> web.Response:
+    """``GET /api/alarms`` → open alarms, priority then oldest first (on-call: the clinic's;
+    a clinician: their sessions')."""
+    p = await _principal(request)
+    if p.invite_id is not None or p.role == Role.PATIENT:
+        raise ClientError("forbidden", "the alarm board is for staff")
+    alarms = request.app[MONITORING].alarms
+    if p.role == Role.CLINICIAN:
+        async with request.app[SESSIONMAKER]() as db:
+            ids = list(
+                (await db.execute(select(SessionRow.id).where(visible_sessions(p)))).scalars()
+            )
+        return web.json_response({"alarms": await alarms.open_alarms(p.clinic_id, ids)})
+    return web.json_response({"alarms": await alarms.open_alarms(p.clinic_id)})
+
+
+async def session_record(request: web.Request) -> web.Response:
+    """``GET /api/sessions/{id}/record`` → the session's record (staff and the patient)."""
+    p = await _principal(request)
+    session_id = request.match_info["id"]
+    row = await request.app[GATE].authorize(p, session_id, Access.FOLLOW)
+    if p.invite_id is not None and p.role != "patient":
+        raise ClientError("forbidden", "the record is for the patient and their clinicians")
+    del row
+    return web.json_response(await request.app[ROSTER].record(session_id))
+
+
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 when the database answers, 503 otherwise."""
     try:
@@ -392,6 +431,9 @@ def setup_routes(app: web.Application, static_dir: Path, node_modules: Path) -> 
     r.add_post("/api/sessions/{id}/actions", act)
     r.add_post("/api/sessions/{id}/invites", create_invite)
     r.add_delete("/api/invites/{id}", revoke_invite)
+    r.add_get("/api/roster", roster)
+    r.add_get("/api/alarms", alarm_board)
+    r.add_get("/api/sessions/{id}/record", session_record)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     r.add_get("/", _page(static_dir / "index.html"))

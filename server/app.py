@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from monitoring.bus import make_bus
 from monitoring.clock import Clock
 from monitoring.events import EventStore
-from monitoring.lifecycle import ClockRunner, Lifecycle
 from monitoring.namespace import MonitorNamespace
+from monitoring.roster import Roster
+from monitoring.service import Monitoring
+from monitoring.technical import TechnicalMonitor, record_media_fact
 from server import api
 from server.config import Settings
 from server.db import make_engine, make_sessionmaker, migrate
@@ -37,12 +39,15 @@ from server.keys import (
     LIFECYCLE,
     METRICS,
     MONITOR,
+    MONITORING,
     RELAY,
+    ROSTER,
     SESSIONMAKER,
     SETTINGS,
     SIGNAL,
     SIO,
     STORE,
+    TECHNICAL,
 )
 from server.metrics import Metrics
 from server.models import Phase
@@ -101,13 +106,13 @@ async def _monitoring(app: web.Application) -> AsyncIterator[None]:
     store = EventStore(
         app[SESSIONMAKER], bus, app[CLOCK], on_written=lambda n: metrics.events_written.inc(n)
     )
-    lifecycle = Lifecycle(store, app[CLOCK])
-    runner = ClockRunner(lifecycle)
-    app[BUS], app[STORE], app[LIFECYCLE] = bus, store, lifecycle
+    monitoring = Monitoring.build(store, app[CLOCK])
+    app[BUS], app[STORE], app[MONITORING] = bus, store, monitoring
+    app[LIFECYCLE] = monitoring.lifecycle
     app[GATE] = Gate(app[SESSIONMAKER], app[SETTINGS].secret_key, app[CLOCK])
-    runner.start()
+    monitoring.scheduler.start()
     yield
-    await runner.stop()
+    await monitoring.scheduler.stop()
     await bus.stop()
 
 
@@ -130,14 +135,30 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
 
     async def report(session_id: str, fact: str, data: dict[str, Any]) -> None:
-        # Media facts are session events too: who watched and when belongs to the record.
+        # Media facts are session events too: who watched and when belongs to the record;
+        # the presence they imply is what the technical alarms judge.
         async with store.transaction() as tx:
             await tx.append(session_id, fact, data, actor="relay")
+            await record_media_fact(tx, session_id, fact, data, app[CLOCK].now())
+
+    def media_health(session_id: str) -> dict[str, Any] | None:
+        health = relay.health(session_id)
+        return health.as_dict() if health else None
+
+    def video_age(session_id: str) -> float | bool | None:
+        # False: this process does not hold the session's media, so it cannot judge.
+        if session_id not in relay.sessions():
+            return False
+        health = relay.health(session_id)
+        return health.seconds_since_video if health else None
 
     signal = SignalingNamespace(
         app[GATE], relay, [s.as_dict() for s in settings.ice_servers], report=report
     )
-    monitor = MonitorNamespace(app[GATE], store, app[LIFECYCLE])
+    monitoring = app[MONITORING]
+    roster = Roster(store, app[CLOCK], media_health)
+    technical = TechnicalMonitor(store, app[CLOCK], monitoring.alarms, video_age)
+    monitor = MonitorNamespace(app[GATE], monitoring, roster)
     sio.register_namespace(signal)
     sio.register_namespace(monitor)
 
@@ -147,7 +168,10 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
 
     unsubscribers = [app[BUS].subscribe(monitor.deliver), app[BUS].subscribe(on_event)]
     app[RELAY], app[SIGNAL], app[MONITOR] = relay, signal, monitor
+    app[ROSTER], app[TECHNICAL] = roster, technical
+    technical.start()
     yield
+    await technical.stop()
     for unsubscribe in unsubscribers:
         unsubscribe()
     for sid in list(signal.principals) + list(monitor.principals):

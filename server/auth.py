@@ -167,7 +167,8 @@ class Access(enum.StrEnum):
     PUBLISH = "publish"  # send the patient's camera and microphone
     VIEW = "view"  # receive the patient's media
     FOLLOW = "follow"  # receive the session's phase and state
-    CONTROL = "control"  # move the clock: admit, start dosing, sign off, end early
+    REPORT = "report"  # flags, check-in answers, vitals, pre-check, the emergency button
+    CONTROL = "control"  # move the clock, clear flags, handle alarms, ask for check-ins
 
 
 def may(principal: Principal, session: SessionRow, access: Access) -> bool:
@@ -186,10 +187,17 @@ def may(principal: Principal, session: SessionRow, access: Access) -> bool:
             return role == InviteRole.PATIENT
         if access is Access.VIEW:
             return role == InviteRole.GUIDE
+        if access is Access.REPORT:
+            # The sitter is in the room and reports for the patient; a guide only watches.
+            return role in (InviteRole.PATIENT, InviteRole.SITTER)
         return False
     role = principal.role
     if role == Role.PATIENT:
-        return session.patient_id == principal.user_id and access in (Access.PUBLISH, Access.FOLLOW)
+        return session.patient_id == principal.user_id and access in (
+            Access.PUBLISH,
+            Access.FOLLOW,
+            Access.REPORT,
+        )
     if role == Role.CLINICIAN:
         return session.clinician_id == principal.user_id and access is not Access.PUBLISH
     if role == Role.ONCALL:
@@ -203,3 +211,15 @@ def may(principal: Principal, session: SessionRow, access: Access) -> bool:
 async def load_user(db: AsyncSession, username: str) -> User | None:
     """The user with *username*, if any."""
     return (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+
+
+def visible_sessions(p: Principal) -> Any:
+    """SQL condition for the sessions *p* may list (mirrors :func:`may` for FOLLOW)."""
+    base = SessionRow.clinic_id == p.clinic_id
+    if p.invite_id is not None:
+        return base & (SessionRow.id == p.session_id)
+    if p.role == Role.PATIENT:
+        return base & (SessionRow.patient_id == p.user_id)
+    if p.role == Role.CLINICIAN:
+        return base & (SessionRow.clinician_id == p.user_id)
+    return base

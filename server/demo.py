@@ -21,7 +21,7 @@ from sqlalchemy import select
 from server import accounts
 from server.api import invite_url
 from server.auth import invite_token, load_user, login_token
-from server.keys import CLOCK, LIFECYCLE, SESSIONMAKER, SETTINGS, STORE
+from server.keys import CLOCK, MONITORING, SESSIONMAKER, SETTINGS, STORE
 from server.models import Phase, Role, User
 from server.models import Session as SessionRow
 from signaling.client import SignalingClient, SignalingFailed
@@ -41,6 +41,23 @@ DEMO_PATIENT_NAMES = ("Alex Rivera", "Sam Okafor", "Jordan Lee", "Robin Novak", 
 # Seconds between a simulated patient's attempts to (re)connect.
 RETRY_SECS = 1.0
 STOP_TIMEOUT_SECS = 3.0
+
+
+def demo_precheck(name: str) -> dict[str, object]:
+    """A complete pre-check checklist for a demo patient."""
+    first = name.split()[0]
+    return {
+        "sitter_name": f"{first}'s partner",
+        "sitter_phone": "+1 555 0100",
+        "sitter_is_adult": True,
+        "address": "12 Demo Street, Springfield",
+        "address_confirmed": True,
+        "fasting": True,
+        "medication_changes": "none",
+        "intention": "To be kinder to myself",
+        "emergency_contact_name": "Demo Contact",
+        "emergency_contact_phone": "+1 555 0199",
+    }
 
 
 @dataclass
@@ -115,12 +132,19 @@ async def seed_demo(app: web.Application) -> dict[str, object]:
                 actor="demo",
             )
             session_id = created["session_id"]
-            # A lively roster: the first patient is dosing, the second in pre-check.
-            lifecycle = app[LIFECYCLE]
+            # A lively roster: the first patient is dosing, the second in pre-check with the
+            # checklist done (a clinician can start dosing), the third in the lobby.
+            m = app[MONITORING]
             if index <= 1:
-                await lifecycle.act(session_id, "admit", actor="demo")
+                await m.lifecycle.act(session_id, "admit", actor="demo")
+                await m.vitals.submit_precheck(
+                    session_id, demo_precheck(patient.display_name), actor="demo"
+                )
+                await m.vitals.record(
+                    session_id, 128, 82, 74, actor="demo", client_id=f"demo-vitals-{session_id}"
+                )
             if index == 0:
-                await lifecycle.act(session_id, "start_dosing", actor="demo")
+                await m.lifecycle.act(session_id, "start_dosing", actor="demo")
         else:
             session_id = open_row.id
         sessions.append(

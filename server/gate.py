@@ -104,18 +104,8 @@ class Gate:
         An unknown session and someone else's session give different codes only to staff of
         the clinic; a patient probing ids learns nothing beyond "forbidden".
         """
-        now = self.clock.now()
-        if principal.expires_at is not None and principal.expires_at <= now.timestamp():
-            raise ClientError("token_expired", "your sign-in has expired; sign in again")
         async with self.sessionmaker() as db:
-            # A revoked invite or a disabled account stops working on its next event, not at
-            # its next connect.
-            if principal.invite_id is not None:
-                await self._check_invite(db, principal)
-            elif principal.user_id is not None:
-                user = await db.get(User, principal.user_id)
-                if user is None or not user.active:
-                    raise ClientError("account_disabled", "this account is disabled")
+            await self._still_valid(db, principal)
             row = await db.get(SessionRow, session_id)
         if row is None:
             if principal.is_staff:
@@ -124,6 +114,24 @@ class Gate:
         if not may(principal, row, access):
             raise ClientError("forbidden", f"you may not {access.value} this session")
         return row
+
+    async def authorize_clinic(self, principal: Principal) -> None:
+        """For requests about no one session (roster, board): the credential still stands."""
+        async with self.sessionmaker() as db:
+            await self._still_valid(db, principal)
+
+    async def _still_valid(self, db: AsyncSession, principal: Principal) -> None:
+        now = self.clock.now()
+        if principal.expires_at is not None and principal.expires_at <= now.timestamp():
+            raise ClientError("token_expired", "your sign-in has expired; sign in again")
+        # A revoked invite or a disabled account stops working on its next event, not at its
+        # next connect.
+        if principal.invite_id is not None:
+            await self._check_invite(db, principal)
+        elif principal.user_id is not None:
+            user = await db.get(User, principal.user_id)
+            if user is None or not user.active:
+                raise ClientError("account_disabled", "this account is disabled")
 
     async def _check_invite(self, db: AsyncSession, principal: Principal) -> None:
         invite = await db.get(Invite, principal.invite_id)

@@ -13,6 +13,9 @@ from monitoring.clock import Clock
 from monitoring.events import EventStore
 from monitoring.lifecycle import Lifecycle
 from monitoring.namespace import MonitorNamespace
+from monitoring.roster import Roster
+from monitoring.service import Monitoring
+from monitoring.technical import TechnicalMonitor
 from server.config import Settings
 from server.gate import Gate
 from server.metrics import Metrics
@@ -30,6 +33,9 @@ SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 BUS = web.AppKey("bus", EventBus)
 STORE = web.AppKey("store", EventStore)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+MONITORING = web.AppKey("monitoring", Monitoring)
+ROSTER = web.AppKey("roster", Roster)
+TECHNICAL = web.AppKey("technical", TechnicalMonitor)
 GATE = web.AppKey("gate", Gate)
 RELAY = web.AppKey("relay", Relay)
 SIO = web.AppKey("sio", socketio.AsyncServer)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -161,6 +162,17 @@ class Session(Base):
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
     ended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     signed_off_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    # The pre-check checklist as answered (sitter, address, fasting, medication changes,
+    # intention, emergency contact); it gates the start of dosing.
+    precheck: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Why a clinician started dosing despite a blocking vital sign or checklist item.
+    dosing_override: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Media presence, kept here (not in one process's memory) so that any process can tell a
+    # disconnected patient or an unwatched session: counts change by atomic UPDATEs.
+    publisher_online: Mapped[bool] = mapped_column(default=False)
+    publisher_changed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    watchers: Mapped[int] = mapped_column(Integer, default=0)  # clinicians and on-call viewing
+    watchers_changed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -198,3 +210,91 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(String(100), nullable=True)
     client_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime]
+
+
+class Flag(Base):
+    """A side effect raised by the patient, the sitter or a clinician; cleared by a clinician."""
+
+    __tablename__ = "flags"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    code: Mapped[str] = mapped_column(String(50))
+    priority: Mapped[str] = mapped_column(String(10))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raised_by: Mapped[str] = mapped_column(String(100))
+    raised_at: Mapped[datetime]
+    cleared_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    cleared_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    clear_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Vitals(Base):
+    """One blood pressure and heart rate reading."""
+
+    __tablename__ = "vitals"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    systolic: Mapped[int] = mapped_column(Integer)
+    diastolic: Mapped[int] = mapped_column(Integer)
+    heart_rate: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    context: Mapped[str] = mapped_column(String(20))  # pre_check, plus_40, discharge, other
+    taken_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(100))
+
+
+class CheckIn(Base):
+    """A check-in: scheduled, a vitals prompt, or asked for by a clinician.
+
+    pending (not yet due) → open (due: the patient is asked) → answered, or missed once
+    ``grace_until`` passes (a dead-man's switch).
+    """
+
+    __tablename__ = "checkins"
+    __table_args__ = (Index("ix_checkins_status_due", "status", "due_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # scheduled, vitals, on_demand
+    due_at: Mapped[datetime]
+    grace_until: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    answered_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Alarm(Base):
+    """An alarm: triggered → acknowledged → resolved, escalating while unacknowledged.
+
+    ``next_step_at`` is the one persisted deadline of an alarm: the next escalation while
+    triggered, the re-trigger while acknowledged, NULL once resolved or when nothing more can
+    happen. At most one alarm per (session, dedup_key) is open at a time.
+    """
+
+    __tablename__ = "alarms"
+    __table_args__ = (
+        Index(
+            "uq_alarms_open_dedup",
+            "session_id",
+            "dedup_key",
+            unique=True,
+            sqlite_where=text("status != 'resolved'"),
+            postgresql_where=text("status != 'resolved'"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    dedup_key: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20), default="triggered")
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    latched: Mapped[bool] = mapped_column(default=False)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    triggered_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    next_step_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)

@@ -43,8 +43,9 @@ class Peer:
     """One connection's part in one session."""
 
     session_id: str
-    role: str
-    who: str
+    role: str  # publisher or viewer
+    who: str  # the principal's subject
+    who_role: str  # the principal's role (clinician, oncall, guide…)
     pc: RTCPeerConnection | None = None
     tracks: tuple[RelayTrack, RelayTrack] | None = None
 
@@ -120,7 +121,11 @@ class SignalingNamespace(GuardedNamespace):
             del self.publisher_sid[session_id]
             await self._report(session_id, "publisher_left", {"who": peer.who, "reason": reason})
         elif peer.role == "viewer":
-            await self._report(session_id, "viewer_left", {"who": peer.who, "reason": reason})
+            await self._report(
+                session_id,
+                "viewer_left",
+                {"who": peer.who, "role": peer.who_role, "reason": reason},
+            )
         await self._emit_presence(session_id)
 
     # -- connection lifecycle --------------------------------------------------------------
@@ -150,10 +155,12 @@ class SignalingNamespace(GuardedNamespace):
         if existing is not None and existing.role != role:
             raise ClientError("already_joined", f"already joined as {existing.role}")
         if existing is None:
-            peers[session_id] = Peer(session_id, role, principal.subject)
+            peers[session_id] = Peer(session_id, role, principal.subject, principal.role)
             await self.enter_room(sid, room(session_id))
             if role == "viewer":
-                await self._report(session_id, "viewer_joined", {"who": principal.subject})
+                await self._report(
+                    session_id, "viewer_joined", {"who": principal.subject, "role": principal.role}
+                )
             await self._emit_presence(session_id)
         return {
             "session_id": session_id,

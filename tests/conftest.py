@@ -105,7 +105,9 @@ async def _truncate(url: str) -> None:
     try:
         async with engine.begin() as conn:
             await conn.execute(
-                text("TRUNCATE events, invites, sessions, users, clinics RESTART IDENTITY CASCADE")
+                text(
+                    "TRUNCATE alarms, checkins, vitals, flags, events, invites, sessions, users, clinics RESTART IDENTITY CASCADE"
+                )
             )
     finally:
         await engine.dispose()
@@ -200,6 +202,16 @@ class World:
                 ttl=ttl,
             )
         return invite_token(inv, row.clinic_id, TEST_SECRET, now)
+
+
+async def prepare_for_dosing(app: web.Application, session_id: str) -> None:
+    """Pass the pre-check of a session in pre_check: complete checklist, normal vitals."""
+    from server.demo import demo_precheck
+    from server.keys import MONITORING
+
+    m = app[MONITORING]
+    await m.vitals.submit_precheck(session_id, demo_precheck("Pat"), actor="test")
+    await m.vitals.record(session_id, 120, 80, 70, actor="test", client_id=f"pre-{session_id}")
 
 
 async def seed(app: web.Application) -> tuple[dict[str, str], dict[str, int], dict[str, str]]:

@@ -119,7 +119,11 @@ async def test_sigkill_mid_phase_then_restart_resumes_the_clock(
     await _api(port, "POST", f"/api/sessions/{session_id}/actions", token, {"action": "admit"})
     state = (
         await _api(
-            port, "POST", f"/api/sessions/{session_id}/actions", token, {"action": "start_dosing"}
+            port,
+            "POST",
+            f"/api/sessions/{session_id}/actions",
+            token,
+            {"action": "start_dosing", "reason": "test: no pre-check needed"},
         )
     )["state"]
     dissolve_deadline = datetime.fromisoformat(state["phase_deadline"])

@@ -12,7 +12,8 @@ import pytest
 from monitoring.bus import MemoryBus
 from monitoring.clock import Clock
 from monitoring.events import EventStore
-from monitoring.lifecycle import ClockRunner, Lifecycle, TransitionError
+from monitoring.lifecycle import TransitionError
+from monitoring.service import Monitoring
 from server import accounts
 from server.db import make_engine, make_sessionmaker, migrate
 from server.models import Phase, Role
@@ -31,8 +32,9 @@ class Harness:
         self.bus = MemoryBus()
         self.clock = Clock(scale)
         self.store = EventStore(make_sessionmaker(self.engine), self.bus, self.clock)
-        self.lifecycle = Lifecycle(self.store, self.clock)
-        self.runner = ClockRunner(self.lifecycle)
+        self.m = Monitoring.build(self.store, self.clock)
+        self.lifecycle = self.m.lifecycle
+        self.runner = self.m.scheduler
         self.published: list[dict[str, Any]] = []
         self.bus.subscribe(self._seen)
 
@@ -60,6 +62,15 @@ class Harness:
             while (row := await self.row(session_id)).phase != phase.value:
                 await asyncio.sleep(0.02)
         return row
+
+
+async def ready_for_dosing(h: Harness, sid: str) -> None:
+    """Admit and pass the pre-check: checklist complete, blood pressure fine."""
+    from server.demo import demo_precheck
+
+    await h.lifecycle.act(sid, "admit", actor="test")
+    await h.m.vitals.submit_precheck(sid, demo_precheck("Pat"), actor="test")
+    await h.m.vitals.record(sid, 120, 80, 70, actor="test", client_id=f"v-{sid}")
 
 
 async def _new_session(h: Harness) -> tuple[str, str]:
@@ -97,6 +108,13 @@ async def test_full_clock_at_compressed_scale(db_url: str) -> None:
             await h.lifecycle.act(sid, "start_dosing", actor=doc)
         assert e.value.code == "wrong_phase"
         await h.lifecycle.act(sid, "admit", actor=doc)
+        with pytest.raises(TransitionError) as e:
+            await h.lifecycle.act(sid, "start_dosing", actor=doc)
+        assert e.value.code == "precheck_blocked"
+        from server.demo import demo_precheck
+
+        await h.m.vitals.submit_precheck(sid, demo_precheck("Pat"), actor=doc)
+        await h.m.vitals.record(sid, 120, 80, 70, actor="pat", client_id="v1")
         state = await h.lifecycle.act(sid, "start_dosing", actor=doc)
         assert state["phase"] == "dosing" and state["phase_deadline"] is not None
         row = await h.wait_phase(sid, Phase.AWAITING_SIGNOFF)
@@ -115,7 +133,11 @@ async def test_full_clock_at_compressed_scale(db_url: str) -> None:
         assert state["phase"] == "completed"
         events = await h.store.since(sid, 0)
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-        transitions = [(e["data"]["from"], e["data"]["to"], e["actor"]) for e in events[1:]]
+        transitions = [
+            (e["data"]["from"], e["data"]["to"], e["actor"])
+            for e in events
+            if e["type"] == "phase_changed"
+        ]
         assert transitions == [
             ("lobby", "pre_check", doc),
             ("pre_check", "dosing", doc),
@@ -139,7 +161,7 @@ async def test_end_early_needs_a_reason_and_stops_the_clock(db_url: str) -> None
     await h.start()
     try:
         sid, doc = await _new_session(h)
-        await h.lifecycle.act(sid, "admit", actor=doc)
+        await ready_for_dosing(h, sid)
         await h.lifecycle.act(sid, "start_dosing", actor=doc)
         with pytest.raises(TransitionError) as e:
             await h.lifecycle.end_early(sid, "   ", actor=doc)
@@ -157,7 +179,7 @@ async def test_restart_in_the_middle_of_a_phase_resumes_from_the_database(db_url
     first = Harness(db_url, 600)
     await first.start()
     sid, doc = await _new_session(first)
-    await first.lifecycle.act(sid, "admit", actor=doc)
+    await ready_for_dosing(first, sid)
     await first.lifecycle.act(sid, "start_dosing", actor=doc)
     deadline = (await first.row(sid)).phase_deadline
     await first.stop()  # the process is gone; nothing in memory survives
@@ -178,7 +200,7 @@ async def test_overdue_deadlines_fire_in_order_after_a_long_outage(db_url: str) 
     h = Harness(db_url, 3600)
     await migrate(h.engine)
     sid, doc = await _new_session(h)
-    await h.lifecycle.act(sid, "admit", actor=doc)
+    await ready_for_dosing(h, sid)
     await h.lifecycle.act(sid, "start_dosing", actor=doc)
     # The process was down for the whole session: no runner yet.
     await asyncio.sleep(1.5)
@@ -199,7 +221,7 @@ async def test_two_processes_fire_each_deadline_once(db_url: str, tmp_path: Path
         sids = []
         sid, doc = await _new_session(a)
         sids.append(sid)
-        await a.lifecycle.act(sid, "admit", actor=doc)
+        await ready_for_dosing(a, sid)
         await a.lifecycle.act(sid, "start_dosing", actor=doc)
         await a.wait_phase(sid, Phase.AWAITING_SIGNOFF)
         events = await a.store.since(sid, 0)

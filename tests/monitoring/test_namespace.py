@@ -9,7 +9,7 @@ import pytest
 import socketio
 
 from monitoring import namespace as monitor_ns
-from tests.conftest import World
+from tests.conftest import World, prepare_for_dosing
 
 
 class Follower:
@@ -61,13 +61,16 @@ async def test_everyone_in_the_session_sees_each_transition_once_in_order(world:
         assert (await clinician.call("act", {"session_id": s1, "action": "admit"}))["state"][
             "phase"
         ] == "pre_check"
+        await prepare_for_dosing(world.app, s1)
         assert (await oncall.call("act", {"session_id": s1, "action": "start_dosing"}))["ok"]
         for f in (clinician, patient, oncall):
-            await _until(lambda f=f: len(f.events) == 2 and len(f.states) == 2)
-            assert [(e["seq"], e["data"]["to"]) for e in f.events] == [
-                (2, "pre_check"),
-                (3, "dosing"),
-            ]
+            await _until(
+                lambda f=f: len(f.states) == 2 and f.events[-1]["data"].get("to") == "dosing"
+            )
+            moves = [e["data"]["to"] for e in f.events if e["type"] == "phase_changed"]
+            assert moves == ["pre_check", "dosing"]
+            seqs = [e["seq"] for e in f.events]
+            assert seqs == list(range(2, 2 + len(seqs)))
             assert f.states[-1]["phase"] == "dosing" and f.states[-1]["phase_deadline"]
         # Another session's events do not leak in.
         await clinician.call("act", {"session_id": world.sessions["s2"], "action": "admit"})
@@ -87,12 +90,13 @@ async def test_resume_from_a_cursor_receives_exactly_the_missed_events(world: Wo
     # While it is away, things happen.
     doc = await Follower(world, "clin_a").connect()
     await doc.call("act", {"session_id": s1, "action": "admit"})
-    await doc.call("act", {"session_id": s1, "action": "start_dosing"})
+    await doc.call("act", {"session_id": s1, "action": "end", "reason": "patient unwell"})
     await doc.close()
     f2 = await Follower(world, "oncall").connect()
     try:
         reply = await f2.call("follow", {"session_id": s1, "after_seq": cursor})
         assert [e["seq"] for e in reply["events"]] == [2, 3]
+        assert [e["data"]["to"] for e in reply["events"]] == ["pre_check", "ended_early"]
         assert reply["truncated"] is False and reply["state"]["last_seq"] == 3
     finally:
         await f2.close()
@@ -106,10 +110,10 @@ async def test_a_cursor_too_old_gets_a_snapshot(
     doc = await Follower(world, "clin_a").connect()
     try:
         await doc.call("act", {"session_id": s1, "action": "admit"})
-        await doc.call("act", {"session_id": s1, "action": "start_dosing"})
+        await doc.call("act", {"session_id": s1, "action": "end", "reason": "no sitter"})
         reply = await doc.call("follow", {"session_id": s1, "after_seq": 0})
         assert reply["truncated"] is True and reply["events"] == []
-        assert reply["state"]["last_seq"] == 3 and reply["state"]["phase"] == "dosing"
+        assert reply["state"]["last_seq"] == 3 and reply["state"]["phase"] == "ended_early"
         reply = await doc.call("follow", {"session_id": s1, "after_seq": 2})
         assert reply["truncated"] is False and [e["seq"] for e in reply["events"]] == [3]
     finally:

@@ -201,6 +201,6 @@ async def test_migrations_are_idempotent(db_url: str) -> None:
         await migrate(engine)
         async with engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-        assert version == "0001"
+        assert version == "0002"
     finally:
         await engine.dispose()
