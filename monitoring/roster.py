@@ -58,7 +58,7 @@ class Roster:
                             User.id.in_([r.patient_id for r in rows])
                         )
                     )
-                ).tuples()
+                ).all()
             )
             flags = (
                 (

@@ -132,15 +132,14 @@ class TechnicalMonitor:
                 .scalars()
                 .all()
             )
-            open_keys = set(
-                (
-                    await db.execute(
-                        select(Alarm.session_id, Alarm.dedup_key).where(
-                            Alarm.kind.in_(KINDS), Alarm.status.in_(OPEN)
-                        )
+            open_rows = (
+                await db.execute(
+                    select(Alarm.session_id, Alarm.dedup_key).where(
+                        Alarm.kind.in_(KINDS), Alarm.status.in_(OPEN)
                     )
-                ).tuples()
-            )
+                )
+            ).all()
+        open_keys = {(session_id, key) for session_id, key in open_rows}
         changed = 0
         for row in rows:
             for kind, cond in self.judge(row, now).items():
