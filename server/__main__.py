@@ -1,4 +1,4 @@
-"""The ``vigil`` command: run, migrate, create-user, create-session, invite.
+"""The ``vigil`` command: run, migrate, create-user, create-session, set-protocol.
 
 Settings come from ``VIGIL_*`` variables (read once); a bad value stops the command with a
 clear message and exit status 2.
@@ -157,6 +157,42 @@ def _create_session(settings: Settings, args: argparse.Namespace) -> int:
         return 1
 
 
+def _set_protocol(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from monitoring.protocol import Protocol, ProtocolError
+    from server import accounts
+
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            data = json.load(fh)
+        protocol = Protocol.from_dict(data)
+    except OSError as exc:
+        print(f"vigil: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as exc:
+        print(f"vigil: {args.file} is not JSON: {exc.msg} (line {exc.lineno})", file=sys.stderr)
+        return 1
+    except ProtocolError as exc:
+        print(f"vigil: {args.file}: {exc}", file=sys.stderr)
+        return 1
+
+    async def go(engine: Any, store: Any) -> int:
+        from server.db import migrate
+
+        if settings.is_sqlite:
+            await migrate(engine)
+        async with store.sessionmaker() as db, db.begin():
+            clinic = await accounts.get_or_create_clinic(db, args.clinic)
+            # Stored in full, so what the clinic runs is visible in one place; sessions
+            # already created keep their own snapshot.
+            clinic.protocol = protocol.as_dict()
+        print(f"protocol of {args.clinic} set; new sessions use it")
+        return 0
+
+    return asyncio.run(_with_db(settings, go))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="vigil", description=__doc__)
@@ -174,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--patient", required=True, help="the patient's username")
     cs.add_argument("--clinician", help="the assigned clinician's username")
     cs.add_argument("--ttl-hours", type=int, default=24, help="how long the link works")
+    sp = sub.add_parser(
+        "set-protocol", help="validate a protocol JSON file and give it to a clinic"
+    )
+    sp.add_argument("--clinic", required=True, help="clinic name (created if missing)")
+    sp.add_argument("--file", required=True, help="protocol JSON (docs/protocol.md, Protocol)")
     return parser
 
 
@@ -196,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         return _create_user(settings, args)
     if args.command == "create-session":
         return _create_session(settings, args)
+    if args.command == "set-protocol":
+        return _set_protocol(settings, args)
     return 2
 
 
