@@ -132,6 +132,22 @@ class Alarms:
         if existing is not None:
             if Priority(priority).rank < Priority(existing.priority).rank:
                 await self._upgrade(tx, existing, priority, session, now, actor)
+            elif existing.status == "acknowledged" and existing.policy:
+                # Reported again while someone was on it: that someone is paged again.
+                self._retrigger(existing)
+                existing.next_step_at = self.clock.after(now, existing.policy["step_minutes"])
+                levels = existing.policy["levels"]
+                await tx.append(
+                    session.id,
+                    "alarm_retriggered",
+                    {
+                        **alarm_dict(existing),
+                        "reason": "raised_again",
+                        "paged": [levels[existing.level]],
+                    },
+                    actor=actor,
+                )
+                self._nudge(existing)
             return existing
         escalation = Protocol.from_dict(session.protocol).escalation_for(priority)
         levels = list(escalation.levels) if escalation else []
@@ -174,7 +190,7 @@ class Alarms:
         alarm.priority = priority.value
         alarm.policy = _policy(escalation)
         alarm.latched = alarm.latched or priority is Priority.HIGH
-        alarm.status = "triggered"
+        self._retrigger(alarm)
         alarm.next_step_at = self.clock.after(now, escalation.step_minutes) if escalation else None
         levels = alarm.policy["levels"] if alarm.policy else []
         alarm.level = min(alarm.level, max(len(levels) - 1, 0))
@@ -189,6 +205,13 @@ class Alarms:
             actor=actor,
         )
         self._nudge(alarm)
+
+    @staticmethod
+    def _retrigger(alarm: Alarm) -> None:
+        # The acknowledgement no longer holds; its history stays in the event stream.
+        alarm.status = "triggered"
+        alarm.acknowledged_at = None
+        alarm.acknowledged_by = None
 
     def _nudge(self, alarm: Alarm) -> None:
         if alarm.next_step_at is not None and self.wake is not None:
@@ -316,16 +339,25 @@ class Alarms:
                 # process noticed, so a backlog replays on the policy's own rhythm.
                 at = alarm.next_step_at or now
                 if alarm.status == "acknowledged":
-                    alarm.status = "triggered"
+                    self._retrigger(alarm)
                     alarm.next_step_at = self.clock.after(at, step)
                     await tx.append(
                         alarm.session_id,
                         "alarm_retriggered",
-                        {**alarm_dict(alarm), "paged": [levels[alarm.level]]},
+                        {
+                            **alarm_dict(alarm),
+                            "reason": "ack_timeout",
+                            "paged": [levels[alarm.level]],
+                        },
                         actor="escalation",
                     )
                 else:
                     repeat = alarm.level >= len(levels) - 1
+                    if repeat:
+                        # Already paging the top level: after an outage, page it once for
+                        # the newest missed slot, not once per slot missed.
+                        while self.clock.after(at, step) <= now:
+                            at = self.clock.after(at, step)
                     alarm.level = min(alarm.level + 1, len(levels) - 1)
                     alarm.next_step_at = self.clock.after(at, step)
                     await tx.append(

@@ -229,11 +229,16 @@ async def test_unacknowledged_alarm_escalates_level_by_level_then_repeats(db_url
             (["admin"], "repeat", 2),
             (["admin"], "repeat", 2),
         ]
-        for k, e in enumerate(escalated, start=1):
-            # Step k fires no earlier than it was due, and the next is timed from that due
-            # time (t0 + k steps), never from whenever the scheduler noticed.
-            assert _at(e["at"]) >= t0 + k * step
-            assert _at(e["data"]["next_step_at"]) == t0 + (k + 1) * step
+        due = t0 + step
+        for e in escalated:
+            # Each step fires no earlier than it was due, and the next is timed from that due
+            # time on the policy's grid (t0 + k steps), never from whenever the scheduler
+            # noticed. (A late scheduler at the top level skips to the newest slot.)
+            assert _at(e["at"]) >= due
+            nxt = _at(e["data"]["next_step_at"])
+            slots = (nxt - t0) / step
+            assert nxt > due and slots == round(slots)
+            due = nxt
             assert e["actor"] == "escalation" and e["data"]["status"] == "triggered"
         # Nothing else happened to it.
         assert len(_of(events, alarm_id)) == 1 + len(escalated)
@@ -528,5 +533,52 @@ async def test_ending_early_resolves_open_alarms_and_cancels_checkins(db_url: st
         last_seq = (await h.row(sid)).last_seq
         await asyncio.sleep(_step(h, 12).total_seconds())
         assert (await h.row(sid)).last_seq == last_seq
+    finally:
+        await h.stop()
+
+
+async def test_after_an_outage_the_top_level_is_paged_once_not_once_per_missed_step(
+    db_url: str,
+) -> None:
+    h = Harness(db_url, SCALE)
+    await h.start()
+    try:
+        sid, _ = await _session(h)
+        alarm_id = (await _raise(h, sid, "chest_pain"))["alarm_id"]
+        await h.runner.stop()  # the process is down ...
+        await asyncio.sleep(12 * _step(h, 2).total_seconds())  # ... for twelve steps
+        h.runner.start()
+        events = await _until(h, sid, _escalated(alarm_id, 3))
+        await asyncio.sleep(0.05)
+        events = await h.store.since(sid, 0)
+        escalated = _of(events, alarm_id, "alarm_escalated")
+        # Each level once (the escalation is overdue, so it runs through at once) ...
+        assert [e["data"]["paged"] for e in escalated[:2]] == [["oncall"], ["admin"]]
+        # ... then one page for the newest missed slot, not ten for the ten missed.
+        repeats_at_restart = [
+            e for e in escalated[2:] if _at(e["at"]) - _at(escalated[1]["at"]) < _step(h, 1)
+        ]
+        assert len(repeats_at_restart) == 1
+        step = _step(h, 2)
+        t0 = _at(_of(events, alarm_id, "alarm_triggered")[0]["data"]["triggered_at"])
+        slots = (_at(escalated[2]["data"]["next_step_at"]) - t0) / step
+        assert slots == round(slots) and slots >= 12
+    finally:
+        await h.stop()
+
+
+async def test_a_flag_raised_again_while_acknowledged_pages_again(db_url: str) -> None:
+    h = Harness(db_url, SCALE)
+    await h.start()
+    try:
+        sid, _ = await _session(h)
+        alarm_id = (await _raise(h, sid, "confusion"))["alarm_id"]
+        await h.m.alarms.acknowledge(alarm_id, actor="user:1")
+        assert (await _raise(h, sid, "confusion"))["alarm_id"] == alarm_id
+        events = await h.store.since(sid, 0)
+        retriggered = _of(events, alarm_id, "alarm_retriggered")
+        assert [e["data"]["reason"] for e in retriggered] == ["raised_again"]
+        alarm = await _alarm(h, alarm_id)
+        assert alarm.status == "triggered" and alarm.acknowledged_by is None
     finally:
         await h.stop()
