@@ -117,9 +117,14 @@ class TechnicalMonitor:
             out["video_lost"] = None if age is False else Condition(False, {})
         else:
             since_publishing = _since(now, row.publisher_changed_at)
-            lost = (age is None and since_publishing > proto.video_lost_seconds) or (
-                isinstance(age, float) and age > proto.video_lost_seconds
-            )
+            # The relay's meter outlives a publisher's connection: right after a reconnect its
+            # last frame is the previous connection's, seconds or minutes old. Video cannot have
+            # been missing for longer than the patient has been publishing again, so the gap is
+            # capped there (otherwise every reconnect after a long drop raised video_lost at once).
+            gap = since_publishing if age is None else float(age)
+            if row.publisher_changed_at is not None:
+                gap = min(gap, since_publishing)
+            lost = gap > proto.video_lost_seconds
             out["video_lost"] = Condition(lost, {"seconds_since_video": age})
         return out
 
