@@ -133,18 +133,19 @@ class Alarms:
             if Priority(priority).rank < Priority(existing.priority).rank:
                 await self._upgrade(tx, existing, priority, session, now, actor)
             elif existing.status == "acknowledged" and existing.policy:
-                # Reported again while someone was on it: that someone is paged again.
+                # Reported again while someone was on it: page again (everyone, for the
+                # emergency button), and keep what the new report said.
                 self._retrigger(existing)
-                existing.next_step_at = self.clock.after(now, existing.policy["step_minutes"])
                 levels = existing.policy["levels"]
+                if page_all:
+                    existing.level = len(levels) - 1
+                existing.detail = {**(existing.detail or {}), **detail}
+                existing.next_step_at = self.clock.after(now, existing.policy["step_minutes"])
+                paged = levels if page_all else [levels[existing.level]]
                 await tx.append(
                     session.id,
                     "alarm_retriggered",
-                    {
-                        **alarm_dict(existing),
-                        "reason": "raised_again",
-                        "paged": [levels[existing.level]],
-                    },
+                    {**alarm_dict(existing), "reason": "raised_again", "paged": paged},
                     actor=actor,
                 )
                 self._nudge(existing)

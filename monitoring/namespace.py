@@ -148,8 +148,10 @@ class MonitorNamespace(GuardedNamespace):
         return {"alarms": await self.m.alarms.open_alarms(principal.clinic_id)}
 
     async def handle_roster(self, sid: str, principal: Principal, data: Any) -> dict[str, Any]:
-        """``roster {}`` → the open sessions the caller may see, most urgent first."""
+        """``roster {}`` (staff) → the open sessions the caller may see, most urgent first."""
         require_fields(data, {})
+        if not principal.is_staff:
+            raise ClientError("forbidden", "the roster is for clinic staff")
         await self.gate.authorize_clinic(principal)
         async with self.store.sessionmaker() as db:
             rows = (

@@ -84,6 +84,48 @@ async def record_media_fact(
         await tx.db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
 
 
+async def reset_presence(store: EventStore, now: datetime) -> int:
+    """At start-up of a single process: nobody can be connected yet, whatever the database
+    says after a crash. Records a ``publisher_left`` / ``viewers_reset`` event for each session
+    that claimed otherwise; returns how many sessions were reset.
+
+    Not for several processes (each holds some of the connections); there, presence left by a
+    crashed process stays until its sessions' clients come back (a documented limitation).
+    """
+    async with store.transaction() as tx:
+        stale = (
+            (
+                await tx.db.execute(
+                    select(SessionRow).where(
+                        (SessionRow.publisher_online.is_(True)) | (SessionRow.watchers > 0)
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for row in stale:
+            if row.publisher_online:
+                await tx.append(
+                    row.id,
+                    "publisher_left",
+                    {"who": None, "reason": "server_restart"},
+                    actor="relay",
+                )
+                row.publisher_online = False
+                row.publisher_changed_at = now
+            if row.watchers > 0:
+                await tx.append(
+                    row.id,
+                    "viewers_reset",
+                    {"watchers": row.watchers, "reason": "server_restart"},
+                    actor="relay",
+                )
+                row.watchers = 0
+                row.watchers_changed_at = now
+    return len(stale)
+
+
 class TechnicalMonitor:
     """Raises and clears the technical alarms of every monitored session."""
 
@@ -105,7 +147,12 @@ class TechnicalMonitor:
             not row.publisher_online and away > proto.disconnected_seconds,
             {"seconds": round(away, 1)},
         )
-        unwatched = _since(now, row.watchers_changed_at or row.active_at)
+        # Counted from the later of "active started" and "the last watcher left": a clinician
+        # who left during dosing does not make the alarm fire the moment the phase begins.
+        since = max(
+            (d for d in (row.watchers_changed_at, row.active_at) if d is not None), default=None
+        )
+        unwatched = _since(now, since)
         out["unwatched"] = Condition(
             row.phase == Phase.ACTIVE.value
             and row.watchers <= 0

@@ -64,6 +64,9 @@ STATUS = {
     "unknown_session": 404,
     "not_found": 404,
     "wrong_phase": 409,
+    "precheck_blocked": 409,
+    "open_high_flags": 409,
+    "session_ended": 409,
     "username_taken": 409,
     "payload_too_large": 413,
     "internal_error": 500,
@@ -333,8 +336,11 @@ async def act(request: web.Request) -> web.Response:
 
 
 async def roster(request: web.Request) -> web.Response:
-    """``GET /api/roster`` → the caller's open sessions with flags, alarms, check-ins, media."""
+    """``GET /api/roster`` → the caller's open sessions with flags, alarms, check-ins, media
+    (staff only: alarms carry other people's details, such as the emergency address)."""
     p = await _principal(request)
+    if not p.is_staff:
+        raise ClientError("forbidden", "the roster is for clinic staff")
     async with request.app[SESSIONMAKER]() as db:
         rows = (
             (

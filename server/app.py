@@ -24,7 +24,7 @@ from monitoring.events import EventStore
 from monitoring.namespace import MonitorNamespace
 from monitoring.roster import Roster
 from monitoring.service import Monitoring
-from monitoring.technical import TechnicalMonitor, record_media_fact
+from monitoring.technical import TechnicalMonitor, record_media_fact, reset_presence
 from server import api
 from server.config import Settings
 from server.db import make_engine, make_sessionmaker, migrate
@@ -133,6 +133,10 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     sio = app[SIO]
     relay = Relay()
     store = app[STORE]
+    if not settings.redis_url:
+        # One process holds every connection and none exists yet: presence a crash left in
+        # the database is stale, and would hide a disconnected or unwatched session.
+        await reset_presence(store, app[CLOCK].now())
 
     async def report(session_id: str, fact: str, data: dict[str, Any]) -> None:
         # Media facts are session events too: who watched and when belongs to the record;

@@ -582,3 +582,33 @@ async def test_a_flag_raised_again_while_acknowledged_pages_again(db_url: str) -
         assert alarm.status == "triggered" and alarm.acknowledged_by is None
     finally:
         await h.stop()
+
+
+async def test_the_emergency_button_pressed_again_after_an_ack_pages_everyone_again(
+    db_url: str,
+) -> None:
+    h = Harness(db_url, SCALE)
+    await h.start()
+    try:
+        sid, doc = await _session(h)
+        first, _ = await h.m.emergencies.press(sid, "fell", actor="patient", client_id="e1")
+        events = await h.store.since(sid, 0)
+        alarm = _of(events, _alarm_id_of(events, "emergency"), "alarm_triggered")[0]["data"]
+        assert alarm["paged"] == ["clinician", "oncall", "admin"] and alarm["latched"]
+        await h.m.alarms.acknowledge(alarm["alarm_id"], actor=doc)
+        await h.m.emergencies.press(sid, "not breathing well", actor="sitter", client_id="e2")
+        events = await h.store.since(sid, 0)
+        again = _of(events, alarm["alarm_id"], "alarm_retriggered")
+        assert [e["data"]["paged"] for e in again] == [["clinician", "oncall", "admin"]]
+        assert again[0]["data"]["detail"]["note"] == "not breathing well"
+        assert first["type"] == "emergency"
+    finally:
+        await h.stop()
+
+
+def _alarm_id_of(events: list[dict[str, Any]], kind: str) -> str:
+    return next(
+        e["data"]["alarm_id"]
+        for e in events
+        if e["type"] == "alarm_triggered" and e["data"]["kind"] == kind
+    )

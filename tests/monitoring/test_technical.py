@@ -570,3 +570,31 @@ async def test_emergency_pages_everyone_once_and_only_from_the_patients_side(
         assert guide.errors and guide.errors[-1]["code"] == "forbidden"
     finally:
         await close_all(patient, doc, nurse, guide)
+
+
+async def test_a_single_process_starts_with_no_stale_presence(
+    world_factory: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """After a crash the database may still say "publishing" and "watched"; a single process
+    starting up knows nobody is connected yet, and says so in the record."""
+    from server.models import Event
+    from server.models import Session as SessionRow
+
+    first = await world_factory(make_settings(sqlite_url, tmp_path))
+    s1 = first.sessions["s1"]
+    async with first.app[SESSIONMAKER]() as db, db.begin():
+        await db.execute(
+            update(SessionRow).where(SessionRow.id == s1).values(publisher_online=True, watchers=2)
+        )
+    second = await world_factory(make_settings(sqlite_url, tmp_path), do_seed=False)
+    async with second.app[SESSIONMAKER]() as db:
+        row = await db.get(SessionRow, s1)
+        assert row is not None and row.publisher_online is False and row.watchers == 0
+        from sqlalchemy import select
+
+        types = (
+            (await db.execute(select(Event.type).where(Event.session_id == s1).order_by(Event.seq)))
+            .scalars()
+            .all()
+        )
+    assert types[-2:] == ["publisher_left", "viewers_reset"]

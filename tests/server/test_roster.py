@@ -224,9 +224,15 @@ async def test_roster_and_alarm_board(world: World) -> None:
         assert status == 401
 
         # Who sees which sessions on the roster.
-        for who, expected in (("oncall", [s2, s1]), ("clin_b", []), ("pat1", [s1])):
+        for who, expected in (("oncall", [s2, s1]), ("clin_b", [])):
             status, body = await http(world, "GET", "/api/roster", who)
             assert [e["session_id"] for e in body["sessions"]] == expected, who
+        # Patients and invite holders get no roster: alarms carry others' details.
+        for who in ("pat1", sitter):
+            status, body = await http(world, "GET", "/api/roster", who)
+            assert status == 403 and body["error"]["code"] == "forbidden"
+        reply = await pat1.call("roster", {})
+        assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
 
         # The /monitor roster is the same projection.
         for who, client in (("clin_a", doc), ("oncall", nurse)):
