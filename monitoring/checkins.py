@@ -2,7 +2,7 @@
 
 When the active phase starts, the session's check-ins are scheduled from the dose: every
 ``checkin_every_minutes`` until recovery ends, plus a vitals prompt at each of
-``vitals_at_minutes``. A clinician can ask for one at any time. A check-in is *pending* until
+``vitals_at_minutes``; another vitals prompt opens at discharge (awaiting sign-off). A clinician can ask for one at any time. A check-in is *pending* until
 due, then *open* (``checkin_due``: the patient is asked), then *answered*; still open after
 ``checkin_grace_minutes`` it is *missed* (``checkin_missed``) and a missed-check-in alarm
 triggers — a dead-man's switch. A late answer clears the alarm's condition.
@@ -74,6 +74,17 @@ class CheckIns:
             for at in proto.vitals_at_minutes:
                 tx.db.add(self._new(row, "vitals", self.clock.after(row.dosed_at, at), proto))
             await tx.db.flush()
+            if self.wake is not None:
+                self.wake.set()
+        elif phase is Phase.AWAITING_SIGNOFF:
+            # Blood pressure at discharge (CLINICAL.md: before, at +40 min, at discharge).
+            proto = Protocol.from_dict(row.protocol)
+            now = self.clock.now()
+            prompt = self._new(row, "vitals", now, proto)
+            prompt.status = "open"
+            tx.db.add(prompt)
+            await tx.db.flush()
+            await tx.append(row.id, "checkin_due", checkin_dict(prompt), actor="clock")
             if self.wake is not None:
                 self.wake.set()
         elif phase.terminal:

@@ -81,7 +81,12 @@ async def test_everyone_in_the_session_sees_each_transition_once_in_order(world:
             await f.close()
 
 
-async def test_resume_from_a_cursor_receives_exactly_the_missed_events(world: World) -> None:
+async def test_resume_from_a_cursor_receives_exactly_the_missed_events(
+    world_factory: Any, db_url: str, tmp_path: Any
+) -> None:
+    from tests.conftest import make_settings
+
+    world = await world_factory(make_settings(db_url, tmp_path))
     s1 = world.sessions["s1"]
     f = await Follower(world, "oncall").connect()
     reply = await f.call("follow", {"session_id": s1})
