@@ -71,30 +71,24 @@ class Emergencies:
         self, session_id: str, text: str, *, actor: str, client_id: str | None
     ) -> tuple[dict[str, Any], bool]:
         """A journal entry by the patient (also after the session has completed)."""
-        body_text = _required(text)
-
-        async def body(tx: Transaction) -> Event:
-            row = await tx.db.get(SessionRow, session_id)
-            if row is None:
-                raise FlagError("unknown_session", "no such session")
-            return await tx.append(
-                session_id, "journal_entry", {"text": body_text}, actor=actor, client_id=client_id
-            )
-
-        return await run_command(self.store, session_id, client_id, body)
+        return await self._text_event(session_id, "journal_entry", text, actor, client_id)
 
     async def note(
         self, session_id: str, text: str, *, actor: str, client_id: str | None
     ) -> tuple[dict[str, Any], bool]:
         """A clinician's note on the session's thread."""
+        return await self._text_event(session_id, "note_added", text, actor, client_id)
+
+    async def _text_event(
+        self, session_id: str, type_: str, text: str, actor: str, client_id: str | None
+    ) -> tuple[dict[str, Any], bool]:
         body_text = _required(text)
 
         async def body(tx: Transaction) -> Event:
-            row = await tx.db.get(SessionRow, session_id)
-            if row is None:
+            if await tx.db.get(SessionRow, session_id) is None:
                 raise FlagError("unknown_session", "no such session")
             return await tx.append(
-                session_id, "note_added", {"text": body_text}, actor=actor, client_id=client_id
+                session_id, type_, {"text": body_text}, actor=actor, client_id=client_id
             )
 
         return await run_command(self.store, session_id, client_id, body)

@@ -124,7 +124,9 @@ def upgrade() -> None:
             sa.Column("publisher_changed_at", sa.DateTime(timezone=True), nullable=True)
         )
         batch_op.add_column(sa.Column("watchers", sa.Integer(), nullable=False, server_default="0"))
-        batch_op.add_column(sa.Column("watchers_changed_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("watchers_changed_at", sa.DateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:

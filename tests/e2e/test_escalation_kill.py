@@ -5,95 +5,24 @@ fires the next step at the deadline the first one persisted, and no event is los
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import aiohttp
 import socketio
 
-from tests.conftest import TEST_SECRET
+from tests.e2e.process import api, cli, free_port, start_server, vigil_env
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "escalation test password"
 # 60: a high-priority alarm's 2-minute escalation step lasts two real seconds.
 SCALE = 60.0
 STEP = timedelta(minutes=2 / SCALE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(db_url: str, tmp_path: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update(
-        VIGIL_DATABASE_URL=db_url,
-        VIGIL_VAR_DIR=str(tmp_path),
-        VIGIL_PORT=str(port),
-        VIGIL_TIME_SCALE=str(SCALE),
-        VIGIL_SECRET_KEY=TEST_SECRET,
-        VIGIL_LOG_LEVEL="WARNING",
-    )
-    return env
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-async def _start(env: dict[str, str], port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "run"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-        while True:
-            assert proc.poll() is None, "server exited during start-up"
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-
-
-async def _api(
-    port: int, method: str, path: str, token: str | None = None, body: Any = None
-) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
-            method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers
-        ) as r:
-            data = await r.json()
-            assert r.status < 300, data
-            return data
-
-
 async def _events(port: int, session_id: str, token: str) -> list[dict[str, Any]]:
-    events = (await _api(port, "GET", f"/api/sessions/{session_id}/events", token))["events"]
+    events = (await api(port, "GET", f"/api/sessions/{session_id}/events", token))["events"]
     # Gapless: every number from 1 on, each once, in order.
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     return events
@@ -128,11 +57,11 @@ def _at(value: str) -> datetime:
 async def test_sigkill_mid_escalation_then_restart_fires_the_persisted_step(
     db_url: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = _env(db_url, tmp_path, port)
+    port = free_port()
+    env = vigil_env(db_url, tmp_path, port, float(SCALE))
     if not db_url.startswith("sqlite"):
-        assert "newest schema" in _cli(env, "migrate")
-    _cli(
+        assert "newest schema" in cli(env, "migrate")
+    cli(
         env,
         "create-user",
         "--username",
@@ -144,16 +73,16 @@ async def test_sigkill_mid_escalation_then_restart_fires_the_persisted_step(
         "--password",
         PASSWORD,
     )
-    _cli(env, "create-user", "--username", "pat", "--role", "patient", "--clinic", "K")
-    out = _cli(env, "create-session", "--patient", "pat", "--clinician", "doc")
+    cli(env, "create-user", "--username", "pat", "--role", "patient", "--clinic", "K")
+    out = cli(env, "create-session", "--patient", "pat", "--clinician", "doc")
     session_id = out.split()[1]
     patient_token = out.split("#token=", 1)[1].split()[0]
 
     log = (tmp_path / "server.log").open("ab")
-    proc = await _start(env, port, log)
+    proc = await start_server(env, port, log)
     try:
         token = (
-            await _api(port, "POST", "/api/login", body={"username": "doc", "password": PASSWORD})
+            await api(port, "POST", "/api/login", body={"username": "doc", "password": PASSWORD})
         )["token"]
         client_id = uuid.uuid4().hex
         reply = await _raise_flag(port, patient_token, session_id, client_id)
@@ -177,7 +106,7 @@ async def test_sigkill_mid_escalation_then_restart_fires_the_persisted_step(
 
         # The step to on-call falls due while no process runs.
         await asyncio.sleep((deadline - datetime.now(UTC)).total_seconds() + 0.2)
-        proc = await _start(env, port, log)
+        proc = await start_server(env, port, log)
 
         # Waiting for the step to the medical director, one step after on-call.
         async with asyncio.timeout(30):
@@ -215,7 +144,7 @@ async def test_sigkill_mid_escalation_then_restart_fires_the_persisted_step(
             assert e["actor"] == "escalation"
             assert _at(e["data"]["next_step_at"]) == deadline + k * STEP
 
-        board = (await _api(port, "GET", "/api/alarms", token))["alarms"]
+        board = (await api(port, "GET", "/api/alarms", token))["alarms"]
         assert [(a["alarm_id"], a["status"], a["level"]) for a in board] == [
             (alarm_id, "triggered", 2)
         ]

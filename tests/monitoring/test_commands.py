@@ -10,43 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import socketio
 from sqlalchemy import func, select
 
 from server.keys import MONITORING, SESSIONMAKER
 from server.models import Alarm, CheckIn, Event, Flag, Vitals
 from tests.conftest import World, make_settings, prepare_for_dosing
+from tests.monitor_client import MonitorClient
 
-
-class Client:
-    """A real /monitor client that records what it is sent."""
-
-    def __init__(self, world: World, token: str) -> None:
-        self.world = world
-        self.token = token
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: list[dict[str, Any]] = []
-        self.sio.on("event", self.events.append, namespace="/monitor")
-
-    async def __aenter__(self) -> Client:
-        await self.sio.connect(
-            self.world.url,
-            namespaces=["/monitor"],
-            auth={"token": self.token},
-            transports=["websocket"],
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.sio.disconnect()
-
-    async def call(self, event: str, data: Any) -> dict[str, Any]:
-        return await self.sio.call(event, data, namespace="/monitor", timeout=15)
-
-    async def ok(self, event: str, data: Any) -> dict[str, Any]:
-        reply = await self.call(event, data)
-        assert reply["ok"], reply
-        return reply
+Client = MonitorClient
 
 
 @pytest.fixture

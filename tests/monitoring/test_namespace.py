@@ -6,40 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
-import socketio
 
 from monitoring import namespace as monitor_ns
 from tests.conftest import World, prepare_for_dosing
+from tests.monitor_client import MonitorClient
 
-
-class Follower:
-    """A real Socket.IO client of /monitor that records what it is sent."""
-
-    def __init__(self, world: World, who: str) -> None:
-        self.world = world
-        self.token = world.tokens[who]
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: list[dict[str, Any]] = []
-        self.states: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
-        self.sio.on("event", self.events.append, namespace="/monitor")
-        self.sio.on("state", self.states.append, namespace="/monitor")
-        self.sio.on("error", self.errors.append, namespace="/monitor")
-
-    async def connect(self) -> Follower:
-        await self.sio.connect(
-            self.world.url,
-            namespaces=["/monitor"],
-            auth={"token": self.token},
-            transports=["websocket"],
-        )
-        return self
-
-    async def call(self, event: str, data: Any) -> dict[str, Any]:
-        return await self.sio.call(event, data, namespace="/monitor", timeout=10)
-
-    async def close(self) -> None:
-        await self.sio.disconnect()
+Follower = MonitorClient
 
 
 async def _until(predicate: Any, timeout: float = 10) -> None:

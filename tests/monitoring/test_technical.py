@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import socketio
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
@@ -30,6 +29,7 @@ from server.models import Clinic
 from signaling.client import SignalingClient
 from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
 from tests.conftest import World, make_settings, prepare_for_dosing
+from tests.monitor_client import MonitorClient
 
 # Technical thresholds in real seconds; one protocol minute of dosing at scale 60 is one real
 # second, and the active phase then lasts 59 s (longer than any test here). Check-ins and the
@@ -106,58 +106,15 @@ async def tech_session(world: World, protocol: dict[str, Any] = TECH_PROTOCOL) -
     return body["session_id"]
 
 
-class Monitor:
-    """A real /monitor client that keeps every event, state, board message and error."""
-
-    def __init__(self, world: World, token: str) -> None:
-        self.world = world
-        self.token = token
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.by_seq: dict[tuple[str, int], dict[str, Any]] = {}
-        self.states: list[dict[str, Any]] = []
-        self.board: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
-        self.sio.on("event", self._event, namespace="/monitor")
-        self.sio.on("state", self.states.append, namespace="/monitor")
-        self.sio.on("board", self.board.append, namespace="/monitor")
-        self.sio.on("error", self.errors.append, namespace="/monitor")
-
-    def _event(self, event: dict[str, Any]) -> None:
-        self.by_seq[(event["session_id"], event["seq"])] = event
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [self.by_seq[k] for k in sorted(self.by_seq)]
-
-    async def connect(self) -> Monitor:
-        await self.sio.connect(
-            self.world.url,
-            namespaces=["/monitor"],
-            auth={"token": self.token},
-            transports=["websocket"],
-        )
-        return self
-
-    async def call(self, event: str, data: Any) -> dict[str, Any]:
-        return await self.sio.call(event, data, namespace="/monitor", timeout=10)
-
-    async def follow(self, session_id: str) -> dict[str, Any]:
-        reply = await self.call("follow", {"session_id": session_id})
-        assert reply["ok"], reply
-        for event in reply["events"]:
-            self._event(event)
-        return reply
+class Monitor(MonitorClient):
+    """A /monitor client whose events are read once each, in order."""
 
     def alarms(self, type_: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [
             e
-            for e in self.events
+            for e in self.unique_events()
             if e["type"] == type_ and (kind is None or e["data"].get("kind") == kind)
         ]
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.sio.disconnect()
 
 
 class TapVideo(PatternVideoTrack):
@@ -348,7 +305,7 @@ async def test_unwatched_active_session_needs_a_clinician_not_a_guide(
         await until(lambda: doc_monitor.alarms("alarm_triggered", "unwatched"), 10, "unwatched")
         (first,) = doc_monitor.alarms("alarm_triggered", "unwatched")
         # Not before unwatched_seconds of the active phase (both instants from the database).
-        active = next(e for e in doc_monitor.events if e["data"].get("to") == "active")
+        active = next(e for e in doc_monitor.unique_events() if e["data"].get("to") == "active")
         assert at(first["data"]["triggered_at"]) - at(active["data"]["phase_started_at"]) > 1.5
         assert first["data"]["priority"] == "medium" and first["data"]["latched"] is False
         assert first["data"]["detail"]["seconds"] >= 1.5
@@ -356,7 +313,7 @@ async def test_unwatched_active_session_needs_a_clinician_not_a_guide(
         (entry,) = [s for s in roster["sessions"] if s["session_id"] == sid]
         assert entry["watchers"] == 0 and entry["phase"] == "active"
         assert seen["guide"].frames > 3  # the guide was watching all along
-        joined = [e["data"] for e in doc_monitor.events if e["type"] == "viewer_joined"]
+        joined = [e["data"] for e in doc_monitor.unique_events() if e["type"] == "viewer_joined"]
         assert [j["role"] for j in joined] == ["guide"]
 
         # The clinician starts watching: the alarm resolves itself.
@@ -376,7 +333,7 @@ async def test_unwatched_active_session_needs_a_clinician_not_a_guide(
         await until(
             lambda: len(doc_monitor.alarms("alarm_triggered", "unwatched")) == 2, 10, "again"
         )
-        left = [e for e in doc_monitor.events if e["type"] == "viewer_left"]
+        left = [e for e in doc_monitor.unique_events() if e["type"] == "viewer_left"]
         assert [e["data"]["role"] for e in left] == ["clinician"]
         second = doc_monitor.alarms("alarm_triggered", "unwatched")[1]
         assert second["data"]["alarm_id"] != first["data"]["alarm_id"]
@@ -426,13 +383,15 @@ async def test_patient_disconnected_then_back(
         await patient.sio.eio.disconnect(abort=True)
         await patient.close()
         await until(
-            lambda: any(e["type"] == "publisher_left" for e in doc.events), 10, "publisher_left"
+            lambda: any(e["type"] == "publisher_left" for e in doc.unique_events()),
+            10,
+            "publisher_left",
         )
         await until(
             lambda: doc.alarms("alarm_triggered", "patient_disconnected"), 10, "disconnected"
         )
         (alarm,) = doc.alarms("alarm_triggered", "patient_disconnected")
-        left = next(e for e in doc.events if e["type"] == "publisher_left")
+        left = next(e for e in doc.unique_events() if e["type"] == "publisher_left")
         assert left["data"]["reason"] == "disconnected"
         assert at(alarm["data"]["triggered_at"]) - at(left["at"]) > 1.5
         assert alarm["data"]["priority"] == "medium" and alarm["data"]["paged"] == ["clinician"]
@@ -556,7 +515,9 @@ async def test_emergency_pages_everyone_once_and_only_from_the_patients_side(
         assert detail["address_confirmed"] is True and detail["note"] == "can't breathe well"
 
         # The clinician following the session saw one emergency event and one alarm…
-        assert [e["seq"] for e in doc.events if e["type"] == "emergency"] == [first["event"]["seq"]]
+        assert [e["seq"] for e in doc.unique_events() if e["type"] == "emergency"] == [
+            first["event"]["seq"]
+        ]
         assert len(doc.alarms("alarm_triggered")) == 1
         # …and the on-call console one board message carrying the same alarm.
         assert [(b["type"], b["data"]["kind"]) for b in nurse.board] == [

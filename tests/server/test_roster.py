@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import socketio
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
@@ -23,6 +22,7 @@ from server.demo import demo_precheck
 from signaling.client import SignalingClient
 from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
 from tests.conftest import World, make_settings
+from tests.monitor_client import MonitorClient
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -66,36 +66,7 @@ async def wait_phase(world: World, session_id: str, phase: str, timeout: float =
             await asyncio.sleep(0.02)
 
 
-class Monitor:
-    """A real /monitor client."""
-
-    def __init__(self, world: World, who: str) -> None:
-        self.world = world
-        self.token = world.tokens.get(who, who)
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.errors: list[dict[str, Any]] = []
-        self.sio.on("error", self.errors.append, namespace="/monitor")
-
-    async def connect(self) -> Monitor:
-        await self.sio.connect(
-            self.world.url,
-            namespaces=["/monitor"],
-            auth={"token": self.token},
-            transports=["websocket"],
-        )
-        return self
-
-    async def call(self, event: str, data: Any) -> dict[str, Any]:
-        return await self.sio.call(event, data, namespace="/monitor", timeout=10)
-
-    async def ok(self, event: str, data: Any) -> dict[str, Any]:
-        reply = await self.call(event, data)
-        assert reply["ok"], (event, reply)
-        return reply
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.sio.disconnect()
+Monitor = MonitorClient
 
 
 class Watcher:
