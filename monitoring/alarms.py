@@ -123,6 +123,7 @@ class Alarms:
         once instead of one after another.
         """
         now = self.clock.now()
+        await tx.lock_session(session.id)  # lock order: the session before its alarms
         if priority is Priority.INFO:
             await tx.append(
                 session.id, "info_logged", {"kind": kind, "detail": detail}, actor=actor
@@ -219,11 +220,15 @@ class Alarms:
             self.wake.set()
 
     async def _locked(self, tx: Transaction, alarm_id: str) -> Alarm:
+        session_id = (
+            await tx.db.execute(select(Alarm.session_id).where(Alarm.id == alarm_id))
+        ).scalar_one_or_none()
+        if session_id is None:
+            raise AlarmError("unknown_alarm", "no such alarm")
+        await tx.lock_session(session_id)  # lock order: the session before its alarms
         alarm = (
             await tx.db.execute(select(Alarm).where(Alarm.id == alarm_id).with_for_update())
-        ).scalar_one_or_none()
-        if alarm is None:
-            raise AlarmError("unknown_alarm", "no such alarm")
+        ).scalar_one()
         return alarm
 
     async def session_of(self, alarm_id: str) -> str:
@@ -278,6 +283,7 @@ class Alarms:
         A latched alarm stays until a person resolves it; the clearing is still recorded so
         whoever resolves it knows. Anything else resolves itself.
         """
+        await tx.lock_session(session_id)
         alarm = await self._open(tx, session_id, dedup_key)
         if alarm is None:
             return
@@ -298,6 +304,7 @@ class Alarms:
         self, tx: Transaction, session_id: str, *, reason: str, actor: str
     ) -> None:
         """Close every open alarm of a session that has ended (nobody can act on it any more)."""
+        await tx.lock_session(session_id)
         alarms = (
             await tx.db.execute(
                 select(Alarm)
@@ -312,24 +319,34 @@ class Alarms:
             )
 
     async def advance_due(self) -> int:
-        """Escalate unacknowledged alarms and re-trigger stale acknowledgements."""
-        fired = 0
+        """Escalate unacknowledged alarms and re-trigger stale acknowledgements.
+
+        Each alarm is stepped in its own transaction that locks the session row first (the
+        lock order of :meth:`Transaction.lock_session`), then re-reads the alarm: a second
+        process that waited on the same session finds the step already taken.
+        """
         now = self.clock.now()
-        async with self.store.transaction() as tx:
-            due = (
-                (
-                    await tx.db.execute(
-                        select(Alarm)
-                        .where(Alarm.next_step_at.is_not(None), Alarm.next_step_at <= now)
-                        .order_by(Alarm.next_step_at)
-                        .limit(100)
-                        .with_for_update(skip_locked=True)
-                    )
+        due_where = (Alarm.next_step_at.is_not(None)) & (Alarm.next_step_at <= now)
+        async with self.store.sessionmaker() as db:
+            due_ids = (
+                await db.execute(
+                    select(Alarm.id, Alarm.session_id)
+                    .where(due_where)
+                    .order_by(Alarm.next_step_at)
+                    .limit(100)
                 )
-                .scalars()
-                .all()
-            )
-            for alarm in due:
+            ).all()
+        fired = 0
+        for alarm_id, session_id in due_ids:
+            async with self.store.transaction() as tx:
+                await tx.lock_session(session_id)
+                alarm = (
+                    await tx.db.execute(
+                        select(Alarm).where(Alarm.id == alarm_id, due_where).with_for_update()
+                    )
+                ).scalar_one_or_none()
+                if alarm is None:
+                    continue  # stepped meanwhile by another process
                 policy = alarm.policy or {}
                 levels: list[str] = policy.get("levels", [])
                 step = policy.get("step_minutes")

@@ -21,7 +21,7 @@ from monitoring.alarms import Alarms
 from monitoring.clock import Clock
 from monitoring.events import EventStore, Transaction, run_command
 from monitoring.flags import FlagError, Flags, live_session
-from monitoring.protocol import Protocol
+from monitoring.protocol import Priority, Protocol
 from server.models import CheckIn, Event, Phase
 from server.models import Session as SessionRow
 
@@ -124,7 +124,7 @@ class CheckIns:
         actor: str,
         client_id: str | None,
     ) -> tuple[dict[str, Any], bool]:
-        """The patient or sitter answers: the oldest open (or missed) check-in, else unprompted.
+        """The patient or sitter answers: the newest open (or missed) check-in, else unprompted.
 
         ``ok=False`` or any flags raise those flags in the same transaction.
         """
@@ -147,7 +147,8 @@ class CheckIns:
                         CheckIn.kind != "vitals",
                         CheckIn.status.in_(("open", "missed")),
                     )
-                    .order_by(CheckIn.due_at)
+                    # The newest prompt is the one the patient sees and answers.
+                    .order_by(CheckIn.due_at.desc())
                     .limit(1)
                     .with_for_update()
                 )
@@ -183,61 +184,80 @@ class CheckIns:
                 )
             for code in flags:
                 await self.flags.raise_in(tx, row, code, note, actor=actor)
+            if not ok and not flags:
+                # "Not OK" with nothing more said still needs a person to look, promptly.
+                await self.alarms.raise_(
+                    tx,
+                    row,
+                    kind="not_ok",
+                    dedup_key="not_ok",
+                    priority=Priority.MEDIUM,
+                    detail={"note": note, "checkin_id": target.id if target else None},
+                    actor=actor,
+                )
             return event
 
         return await run_command(self.store, session_id, client_id, body)
 
     async def advance_due(self) -> int:
-        """Open check-ins that fell due; mark missed those past their grace period."""
-        fired = 0
+        """Open check-ins that fell due; mark missed those past their grace period.
+
+        Each check-in is handled in its own transaction that locks the session row first
+        (the lock order of :meth:`Transaction.lock_session`), then re-reads the check-in: a
+        second process waiting on the same session finds it already handled.
+        """
         now = self.clock.now()
-        async with self.store.transaction() as tx:
+        due_where = ((CheckIn.status == "pending") & (CheckIn.due_at <= now)) | (
+            (CheckIn.status == "open") & (CheckIn.grace_until <= now)
+        )
+        async with self.store.sessionmaker() as db:
             due = (
-                (
+                await db.execute(
+                    select(CheckIn.id, CheckIn.session_id)
+                    .where(due_where)
+                    .order_by(CheckIn.due_at)
+                    .limit(100)
+                )
+            ).all()
+        fired = 0
+        for checkin_id, session_id in due:
+            async with self.store.transaction() as tx:
+                row = await tx.lock_session(session_id)
+                c = (
                     await tx.db.execute(
-                        select(CheckIn)
-                        .where(
-                            ((CheckIn.status == "pending") & (CheckIn.due_at <= now))
-                            | ((CheckIn.status == "open") & (CheckIn.grace_until <= now))
-                        )
-                        .order_by(CheckIn.due_at)
-                        .limit(100)
-                        .with_for_update(skip_locked=True)
+                        select(CheckIn).where(CheckIn.id == checkin_id, due_where).with_for_update()
                     )
-                )
-                .scalars()
-                .all()
-            )
-            for c in due:
-                row = await tx.db.get(SessionRow, c.session_id)
-                if row is None or Phase(row.phase).terminal:
-                    c.status = "cancelled"
-                    continue
-                if c.status == "pending":
-                    c.status = "open"
-                    await tx.append(c.session_id, "checkin_due", checkin_dict(c), actor="clock")
-                    # It may be missed in the same pass if the process was down past its grace.
-                    if c.grace_until > now:
-                        fired += 1
-                        continue
-                c.status = "missed"
-                await tx.append(c.session_id, "checkin_missed", checkin_dict(c), actor="clock")
-                proto = Protocol.from_dict(row.protocol)
-                await self.alarms.raise_(
-                    tx,
-                    row,
-                    kind="missed_checkin",
-                    dedup_key=f"missed_checkin:{c.id}",
-                    priority=proto.missed_checkin_priority,
-                    detail={
-                        "checkin_id": c.id,
-                        "checkin_kind": c.kind,
-                        "due_at": c.due_at.isoformat(),
-                    },
-                    actor="clock",
-                )
-                fired += 1
+                ).scalar_one_or_none()
+                if c is None:
+                    continue  # handled meanwhile by another process
+                fired += await self._step(tx, c, row, now)
         return fired
+
+    async def _step(
+        self, tx: Transaction, c: CheckIn, row: SessionRow | None, now: datetime
+    ) -> int:
+        if row is None or Phase(row.phase).terminal:
+            c.status = "cancelled"
+            return 0
+        if c.status == "pending":
+            c.status = "open"
+            await tx.append(c.session_id, "checkin_due", checkin_dict(c), actor="clock")
+            # It may be missed in the same pass if the process was down past its grace.
+            if c.grace_until > now:
+                return 1
+        c.status = "missed"
+        await tx.append(c.session_id, "checkin_missed", checkin_dict(c), actor="clock")
+        proto = Protocol.from_dict(row.protocol)
+        await self.alarms.raise_(
+            tx,
+            row,
+            kind="missed_checkin",
+            dedup_key=f"missed_checkin:{c.id}",
+            priority=proto.missed_checkin_priority,
+            detail={"checkin_id": c.id, "checkin_kind": c.kind, "due_at": c.due_at.isoformat()},
+            actor="clock",
+        )
+        return 1
 
     async def next_deadline(self) -> datetime | None:
         """The next check-in to open or to miss."""

@@ -76,6 +76,19 @@ class Transaction:
         self.events.append(ev)
         return ev
 
+    async def lock_session(self, session_id: str) -> SessionRow | None:
+        """Lock the session's row for this transaction and return it.
+
+        Lock order, everywhere: the session row first, then its check-ins, flags and alarms.
+        Taking the session first (as every ``append`` does anyway) means two transactions on
+        one session queue instead of deadlocking on PostgreSQL.
+        """
+        return (
+            await self.db.execute(
+                select(SessionRow).where(SessionRow.id == session_id).with_for_update()
+            )
+        ).scalar_one_or_none()
+
     async def find_command(self, session_id: str, client_id: str) -> Event | None:
         """The event a client-made command id already produced, if any (invariant 3)."""
         return (

@@ -55,8 +55,8 @@ def _note(note: str | None) -> str | None:
 
 
 async def live_session(tx: Transaction, session_id: str) -> SessionRow:
-    """The session row, refusing sessions that have ended."""
-    row = await tx.db.get(SessionRow, session_id)
+    """The session row, locked (DESIGN lock order: session first), refusing ended sessions."""
+    row = await tx.lock_session(session_id)
     if row is None:
         raise FlagError("unknown_session", f"no session {session_id}")
     if Phase(row.phase).terminal:
@@ -130,6 +130,7 @@ class Flags:
     ) -> dict[str, Any]:
         """A clinician clears a flag; the flag's alarm resolves once no flag of its code is open."""
         async with self.store.transaction() as tx:
+            await tx.lock_session(session_id)
             flag = (
                 await tx.db.execute(
                     select(Flag)

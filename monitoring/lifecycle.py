@@ -24,7 +24,7 @@ from monitoring.clock import Clock
 from monitoring.events import EventStore, Transaction
 from monitoring.protocol import Protocol
 from monitoring.vitals import dosing_blockers, latest_precheck_vitals
-from server.models import Flag, Phase
+from server.models import Alarm, Flag, Phase
 from server.models import Session as SessionRow
 
 # Called in the transaction that enters a phase (check-ins are scheduled, alarms closed…).
@@ -239,6 +239,24 @@ class Lifecycle:
         if high:
             raise TransitionError(
                 "open_high_flags", f"clear the open high-priority flags first: {', '.join(high)}"
+            )
+        alarms = (
+            (
+                await tx.db.execute(
+                    select(Alarm.kind).where(
+                        Alarm.session_id == row.id,
+                        Alarm.status.in_(("triggered", "acknowledged")),
+                        Alarm.priority == "high",
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if alarms:
+            raise TransitionError(
+                "open_high_alarms",
+                f"resolve the open high-priority alarms first: {', '.join(alarms)}",
             )
 
     async def end_early(self, session_id: str, reason: str, *, actor: str) -> dict[str, Any]:

@@ -30,14 +30,43 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/monitor"
 # A follower further behind than this gets a fresh snapshot (the state) instead of a replay.
 REPLAY_LIMIT = 500
-MAX_CLIENT_ID_CHARS = 100
+# events.client_id holds 100 characters: the command's name and a colon come first.
+MAX_CLIENT_ID_CHARS = 80
 # Roles that see the clinic's whole alarm board.
 BOARD_ROLES = (Role.ONCALL.value, Role.ADMIN.value)
 
 
-def room(session_id: str) -> str:
-    """The room of everyone following a session's events."""
-    return f"session:{session_id}"
+# Events only staff see in full: notes, alarms (with addresses and phones), who watched. Others
+# following the session (the patient, the sitter, a guide) get them redacted — the number and
+# the type, so their cursor stays gapless and a page can say "someone is on it" — not the data.
+STAFF_ONLY = frozenset(
+    {
+        "note_added",
+        "info_logged",
+        "dosing_override",
+        "viewer_joined",
+        "viewer_left",
+        "viewers_reset",
+        "alarm_triggered",
+        "alarm_escalated",
+        "alarm_acknowledged",
+        "alarm_retriggered",
+        "alarm_resolved",
+        "alarm_condition_cleared",
+    }
+)
+
+
+def room(session_id: str, staff: bool) -> str:
+    """The room of a session's followers: staff, or everyone else."""
+    return f"session:{session_id}:{'staff' if staff else 'people'}"
+
+
+def for_people(event: dict[str, Any]) -> dict[str, Any]:
+    """*event* as a non-staff follower may see it."""
+    if event.get("type") not in STAFF_ONLY:
+        return event
+    return {**event, "actor": None, "client_id": None, "data": {}, "redacted": True}
 
 
 def board_room(clinic_id: int) -> str:
@@ -45,11 +74,13 @@ def board_room(clinic_id: int) -> str:
     return f"clinic:{clinic_id}:board"
 
 
-def _client_id(data: dict[str, Any]) -> str:
+def _client_id(data: dict[str, Any], command: str) -> str:
+    """The stored command id: the client's id within the command's own namespace, so one id
+    reused for two different commands (a flag, then a journal entry) stores both."""
     cid = data["client_id"]
     if not cid or len(cid) > MAX_CLIENT_ID_CHARS:
         raise ClientError("bad_request", f"client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters")
-    return cid
+    return f"{command}:{cid}"
 
 
 def _refused(exc: FlagError | AlarmError | TransitionError) -> ClientError:
@@ -73,7 +104,14 @@ class MonitorNamespace(GuardedNamespace):
         """
         session_id = event["session_id"]
         await self.server.emit(
-            "event", event, room=room(session_id), namespace=NAMESPACE, ignore_queue=True
+            "event", event, room=room(session_id, True), namespace=NAMESPACE, ignore_queue=True
+        )
+        await self.server.emit(
+            "event",
+            for_people(event),
+            room=room(session_id, False),
+            namespace=NAMESPACE,
+            ignore_queue=True,
         )
         etype = event.get("type", "")
         if etype.startswith("alarm_") and "clinic_id" in event.get("data", {}):
@@ -89,13 +127,15 @@ class MonitorNamespace(GuardedNamespace):
             async with self.store.sessionmaker() as db:
                 row = await db.get(SessionRow, session_id)
             if row is not None:
-                await self.server.emit(
-                    "state",
-                    session_state(row, self.m.clock),
-                    room=room(session_id),
-                    namespace=NAMESPACE,
-                    ignore_queue=True,
-                )
+                state = session_state(row, self.m.clock)
+                for staff in (True, False):
+                    await self.server.emit(
+                        "state",
+                        state,
+                        room=room(session_id, staff),
+                        namespace=NAMESPACE,
+                        ignore_queue=True,
+                    )
 
     async def _session(self, principal: Principal, data: dict[str, Any], access: Access) -> str:
         session_id = session_id_of(data)
@@ -118,13 +158,16 @@ class MonitorNamespace(GuardedNamespace):
         row = await self.gate.authorize(principal, session_id, Access.FOLLOW)
         # Enter the room before reading the backlog: an event committed in between is then
         # both replayed and streamed (the client drops the duplicate), never neither.
-        await self.enter_room(sid, room(session_id))
+        staff = principal.is_staff
+        await self.enter_room(sid, room(session_id, staff))
         async with self.store.sessionmaker() as db:
             fresh = await db.get(SessionRow, session_id) or row
         truncated = fresh.last_seq - after > REPLAY_LIMIT
         # Read the state before the events: every event up to state.last_seq is then in the
         # replay, and anything newer arrives live (duplicates are dropped by seq).
         events = [] if truncated else await self.store.since(session_id, after, REPLAY_LIMIT + 1)
+        if not staff:
+            events = [for_people(e) for e in events]
         return {
             "state": session_state(fresh, self.m.clock),
             "events": events,
@@ -135,7 +178,8 @@ class MonitorNamespace(GuardedNamespace):
         """``unfollow {session_id}``: stop streaming that session's events."""
         data = require_fields(data, {"session_id": str})
         session_id = session_id_of(data)
-        await self.leave_room(sid, room(session_id))
+        for staff in (True, False):
+            await self.leave_room(sid, room(session_id, staff))
         return {"session_id": session_id}
 
     async def handle_watch_board(self, sid: str, principal: Principal, data: Any) -> dict[str, Any]:
@@ -201,7 +245,7 @@ class MonitorNamespace(GuardedNamespace):
                 data["code"],
                 data.get("note"),
                 actor=principal.subject,
-                client_id=_client_id(data),
+                client_id=_client_id(data, "raise_flag"),
             )
         except FlagError as exc:
             raise _refused(exc) from None
@@ -224,7 +268,7 @@ class MonitorNamespace(GuardedNamespace):
                 flags=data.get("flags", []),
                 note=data.get("note"),
                 actor=principal.subject,
-                client_id=_client_id(data),
+                client_id=_client_id(data, "answer_checkin"),
             )
         except FlagError as exc:
             raise _refused(exc) from None
@@ -247,7 +291,7 @@ class MonitorNamespace(GuardedNamespace):
                 data["diastolic"],
                 data.get("heart_rate"),
                 actor=principal.subject,
-                client_id=_client_id(data),
+                client_id=_client_id(data, "record_vitals"),
             )
         except FlagError as exc:
             raise _refused(exc) from None
@@ -270,7 +314,10 @@ class MonitorNamespace(GuardedNamespace):
         session_id = await self._session(principal, data, Access.REPORT)
         try:
             event, duplicate = await self.m.emergencies.press(
-                session_id, data.get("note"), actor=principal.subject, client_id=_client_id(data)
+                session_id,
+                data.get("note"),
+                actor=principal.subject,
+                client_id=_client_id(data, "emergency"),
             )
         except FlagError as exc:
             raise _refused(exc) from None
@@ -282,7 +329,10 @@ class MonitorNamespace(GuardedNamespace):
         session_id = await self._session(principal, data, Access.PUBLISH)
         try:
             event, duplicate = await self.m.emergencies.journal(
-                session_id, data["text"], actor=principal.subject, client_id=_client_id(data)
+                session_id,
+                data["text"],
+                actor=principal.subject,
+                client_id=_client_id(data, "journal"),
             )
         except FlagError as exc:
             raise _refused(exc) from None
@@ -294,7 +344,7 @@ class MonitorNamespace(GuardedNamespace):
         """``note {session_id, text, client_id?}``: the clinicians' note thread."""
         data = require_fields(data, {"session_id": str, "text": str}, {"client_id": str})
         session_id = await self._session(principal, data, Access.CONTROL)
-        cid = _client_id(data) if "client_id" in data else None
+        cid = _client_id(data, "note") if "client_id" in data else None
         try:
             event, duplicate = await self.m.emergencies.note(
                 session_id, data["text"], actor=principal.subject, client_id=cid
@@ -334,7 +384,7 @@ class MonitorNamespace(GuardedNamespace):
             session_id = await self.m.alarms.session_of(alarm_id)
         except AlarmError as exc:
             raise _refused(exc) from None
-        await self.gate.authorize(principal, session_id, Access.CONTROL)
+        await self.gate.authorize(principal, session_id, Access.RESPOND)
         return alarm_id
 
     async def handle_ack_alarm(self, sid: str, principal: Principal, data: Any) -> dict[str, Any]:

@@ -84,6 +84,9 @@ DEFAULT_FLAGS: tuple[FlagType, ...] = (
     FlagType("bp_severe", "Blood pressure dangerously high", Priority.HIGH),
 )
 
+# Raised by the server itself from vital signs; every catalogue must define them.
+REQUIRED_FLAGS = ("bp_above_threshold", "bp_severe", "heart_rate_high")
+
 DEFAULT_ESCALATION: dict[Priority, Escalation] = {
     Priority.HIGH: Escalation(step_minutes=2, ack_minutes=5),
     Priority.MEDIUM: Escalation(step_minutes=5, ack_minutes=10),
@@ -161,6 +164,10 @@ class Protocol:
         codes = [f.code for f in self.flags]
         if len(set(codes)) != len(codes):
             raise ProtocolError("protocol.flags: codes must be unique")
+        missing = [c for c in REQUIRED_FLAGS if c not in codes]
+        if missing:
+            # Out-of-range vital signs raise these by code: without them a reading is lost.
+            raise ProtocolError(f"protocol.flags: the catalogue needs {', '.join(missing)}")
         for priority in (Priority.HIGH, Priority.MEDIUM):
             if priority not in self.escalation:
                 raise ProtocolError(f"protocol.escalation.{priority.value}: required")

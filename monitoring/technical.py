@@ -39,7 +39,13 @@ log = logging.getLogger(__name__)
 OVERSIGHT_ROLES = ("clinician", "oncall")
 
 CHECK_SECS = 1.0
-MONITORED = (Phase.DOSING.value, Phase.ACTIVE.value, Phase.RECOVERY.value)
+# Until sign-off the patient must stay on video: a clinician confirms they are oriented.
+MONITORED = (
+    Phase.DOSING.value,
+    Phase.ACTIVE.value,
+    Phase.RECOVERY.value,
+    Phase.AWAITING_SIGNOFF.value,
+)
 KINDS = ("patient_disconnected", "unwatched", "video_lost")
 # The technical alarms' priority: prompt response, never the immediate-response class.
 TECHNICAL_PRIORITY = Priority.MEDIUM
@@ -105,6 +111,10 @@ async def reset_presence(store: EventStore, now: datetime) -> int:
             .all()
         )
         for row in stale:
+            if Phase(row.phase).terminal:
+                # Over: correct the columns, but a finished record gets no new events.
+                row.publisher_online, row.watchers = False, 0
+                continue
             if row.publisher_online:
                 await tx.append(
                     row.id,
@@ -142,7 +152,9 @@ class TechnicalMonitor:
         """Each kind's condition for *row* (None: this process cannot tell)."""
         proto = Protocol.from_dict(row.protocol)
         out: dict[str, Condition | None] = {}
-        away = _since(now, row.publisher_changed_at or row.phase_started_at)
+        # A patient who never published is away since the dose, not since the last phase
+        # change (which would restart the count, and clear the alarm, at every phase).
+        away = _since(now, row.publisher_changed_at or row.dosed_at or row.phase_started_at)
         out["patient_disconnected"] = Condition(
             not row.publisher_online and away > proto.disconnected_seconds,
             {"seconds": round(away, 1)},

@@ -166,7 +166,7 @@ class VitalSigns:
                     CheckIn.kind == "vitals",
                     CheckIn.status.in_(("open", "missed")),
                 )
-                .order_by(CheckIn.due_at)
+                .order_by(CheckIn.due_at.desc())
                 .limit(1)
                 .with_for_update()
             )

@@ -18,6 +18,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from monitoring.lifecycle import TransitionError, session_state
+from monitoring.namespace import for_people
 from server import accounts
 from server.auth import (
     Access,
@@ -66,6 +67,7 @@ STATUS = {
     "wrong_phase": 409,
     "precheck_blocked": 409,
     "open_high_flags": 409,
+    "open_high_alarms": 409,
     "session_ended": 409,
     "username_taken": 409,
     "payload_too_large": 413,
@@ -224,7 +226,10 @@ async def session_events(request: web.Request) -> web.Response:
         raise ClientError("bad_request", "after_seq must be an integer") from None
     if after < 0:
         raise ClientError("bad_request", "after_seq must be 0 or more")
-    return web.json_response({"events": await request.app[STORE].since(session_id, after)})
+    events = await request.app[STORE].since(session_id, after)
+    if not p.is_staff:
+        events = [for_people(e) for e in events]
+    return web.json_response({"events": events})
 
 
 async def create_session(request: web.Request) -> web.Response:

@@ -168,6 +168,7 @@ class Access(enum.StrEnum):
     VIEW = "view"  # receive the patient's media
     FOLLOW = "follow"  # receive the session's phase and state
     REPORT = "report"  # flags, check-in answers, vitals, pre-check, the emergency button
+    RESPOND = "respond"  # acknowledge and resolve alarms
     CONTROL = "control"  # move the clock, clear flags, handle alarms, ask for check-ins
 
 
@@ -203,8 +204,9 @@ def may(principal: Principal, session: SessionRow, access: Access) -> bool:
     if role == Role.ONCALL:
         return access is not Access.PUBLISH
     if role == Role.ADMIN:
-        # Admins run the clinic; they watch and follow but do not make clinical decisions.
-        return access in (Access.VIEW, Access.FOLLOW)
+        # Admins run the clinic (and are the medical director, the last escalation level):
+        # they watch, follow and answer alarms, but do not move the clinical clock.
+        return access in (Access.VIEW, Access.FOLLOW, Access.RESPOND)
     return False
 
 

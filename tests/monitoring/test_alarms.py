@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+import monitoring.protocol as protocol_module
 from monitoring.alarms import AlarmError
 from monitoring.protocol import Priority, Protocol
 from server import accounts
@@ -33,6 +34,12 @@ ALARM_EVENTS = (
     "alarm_resolved",
     "alarm_condition_cleared",
 )
+
+
+# The codes the server raises from vital signs; every catalogue needs them.
+REQUIRED_FLAGS = [
+    {"code": c, "label": c, "priority": "medium"} for c in protocol_module.REQUIRED_FLAGS
+]
 
 
 def _at(value: str) -> datetime:
@@ -191,6 +198,7 @@ async def test_info_flag_is_only_logged(db_url: str) -> None:
                 "flags": [
                     {"code": "yawning", "label": "Yawning", "priority": "info"},
                     {"code": "chest_pain", "label": "Chest pain", "priority": "high"},
+                    *REQUIRED_FLAGS,
                 ]
             },
         )

@@ -338,3 +338,86 @@ async def test_journal_and_notes(mworld: World) -> None:
         assert j["event"]["type"] == "journal_entry" and n["event"]["type"] == "note_added"
         reply = await pat.call("journal", {"session_id": s1, "text": "   ", "client_id": "j2"})
         assert reply["error"]["code"] == "bad_request"
+
+
+async def test_one_client_id_for_two_different_commands_stores_both(mworld: World) -> None:
+    s1 = mworld.sessions["s1"]
+    async with Client(mworld, mworld.tokens["pat1"]) as pat:
+        flag = await pat.ok("raise_flag", {"session_id": s1, "code": "nausea", "client_id": "1"})
+        entry = await pat.ok("journal", {"session_id": s1, "text": "Felt sick.", "client_id": "1"})
+        assert flag["duplicate"] is False and entry["duplicate"] is False
+        assert entry["event"]["type"] == "journal_entry"
+
+
+async def test_followers_who_are_not_staff_get_alarms_and_notes_redacted(mworld: World) -> None:
+    s1 = mworld.sessions["s1"]
+    sitter_token = await mworld.invite("s1", "sitter")
+    async with (
+        Client(mworld, mworld.tokens["pat1"]) as pat,
+        Client(mworld, sitter_token) as sitter,
+        Client(mworld, mworld.tokens["clin_a"]) as doc,
+    ):
+        for c in (pat, sitter, doc):
+            await c.ok("follow", {"session_id": s1})
+        await pat.ok("raise_flag", {"session_id": s1, "code": "confusion", "client_id": "f"})
+        await doc.ok("note", {"session_id": s1, "text": "Patient disoriented; calling sitter."})
+
+        async def all_seen() -> bool:
+            return all(len(c.events) >= 3 for c in (pat, sitter, doc))
+
+        await _until(all_seen)
+        for c in (pat, sitter):
+            by_type = {e["type"]: e for e in c.events}
+            assert by_type["flag_raised"]["data"]["code"] == "confusion"  # their own report
+            assert (
+                by_type["alarm_triggered"]["data"] == {} and by_type["alarm_triggered"]["redacted"]
+            )
+            assert by_type["note_added"]["data"] == {}
+            # Still gapless: the cursor logic works the same for everyone.
+            assert [e["seq"] for e in c.events] == [2, 3, 4]
+        assert {e["type"]: e for e in doc.events}["note_added"]["data"]["text"].startswith(
+            "Patient"
+        )
+        replay = await pat.ok("follow", {"session_id": s1, "after_seq": 0})
+        assert all(e["data"] == {} for e in replay["events"] if e["type"] == "note_added")
+    status, body = await _http(mworld, f"/api/sessions/{s1}/events", mworld.tokens["pat1"])
+    assert status == 200 and any(e.get("redacted") for e in body["events"])
+
+
+async def test_the_medical_director_can_answer_an_alarm(mworld: World) -> None:
+    s1 = mworld.sessions["s1"]
+    async with (
+        Client(mworld, mworld.tokens["pat1"]) as pat,
+        Client(mworld, mworld.tokens["admin"]) as director,
+    ):
+        await pat.ok("raise_flag", {"session_id": s1, "code": "chest_pain", "client_id": "c"})
+        board = await director.ok("watch_board", {})
+        alarm_id = board["alarms"][0]["alarm_id"]
+        assert (await director.ok("ack_alarm", {"alarm_id": alarm_id}))["alarm"][
+            "status"
+        ] == "acknowledged"
+        assert (await director.ok("resolve_alarm", {"alarm_id": alarm_id}))["alarm"][
+            "status"
+        ] == "resolved"
+        # Answering alarms is not moving the clock.
+        reply = await director.call("act", {"session_id": s1, "action": "admit"})
+        assert reply["error"]["code"] == "forbidden"
+
+
+async def test_not_ok_without_details_still_raises_an_alarm(mworld: World) -> None:
+    s1 = mworld.sessions["s1"]
+    async with Client(mworld, mworld.tokens["pat1"]) as pat:
+        await pat.ok(
+            "answer_checkin", {"session_id": s1, "ok": False, "note": "weird", "client_id": "n"}
+        )
+    async with mworld.app[SESSIONMAKER]() as db:
+        alarm = (await db.execute(select(Alarm).where(Alarm.session_id == s1))).scalar_one()
+    assert alarm.kind == "not_ok" and alarm.priority == "medium"
+
+
+async def _http(world: World, path: str, token: str) -> tuple[int, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(world.url + path, headers={"Authorization": f"Bearer {token}"}) as r:
+            return r.status, await r.json()

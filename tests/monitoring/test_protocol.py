@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
+import monitoring.protocol as protocol_module
 from monitoring.protocol import Level, Priority, Protocol, ProtocolError
+
+# The codes the server raises from vital signs; every catalogue needs them.
+REQUIRED_FLAGS = [
+    {"code": c, "label": c, "priority": "medium"} for c in protocol_module.REQUIRED_FLAGS
+]
 
 
 def test_defaults_follow_the_clinical_setting() -> None:
@@ -31,6 +37,7 @@ def test_round_trip_and_partial_documents() -> None:
             "recovery_minutes": 30,
             "flags": [
                 {"code": "itch", "label": "Itching", "priority": "info"},
+                *REQUIRED_FLAGS,
             ],
         }
     )
@@ -105,3 +112,10 @@ def test_set_protocol_from_a_file(
 
     proto = Protocol.from_dict(asyncio.run(stored()))
     assert proto.checkin_every_minutes == 10 and proto.missed_checkin_priority is Priority.HIGH
+
+
+def test_a_catalogue_without_the_vital_sign_flags_is_refused() -> None:
+    # Out-of-range readings raise these codes; without them a reading could not be stored.
+    with pytest.raises(ProtocolError) as e:
+        Protocol.from_dict({"flags": [{"code": "itch", "label": "Itching", "priority": "low"}]})
+    assert "bp_above_threshold" in str(e.value)

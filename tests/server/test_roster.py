@@ -294,9 +294,17 @@ async def test_session_record_after_a_complete_session(
         status, body = await http(
             world, "POST", f"/api/sessions/{sid}/actions", "clin_a", {"action": "sign_off"}
         )
-        assert status in (400, 409) and body["error"]["code"] == "open_high_flags", body
+        assert status == 409 and body["error"]["code"] == "open_high_flags", body
         assert "breathing_difficulty" in body["error"]["message"]
         await doc.ok("clear_flag", {"session_id": sid, "flag_id": flag_id, "note": "settled"})
+        # ... and while its latched high alarm is unresolved: a person must resolve it.
+        status, body = await http(
+            world, "POST", f"/api/sessions/{sid}/actions", "clin_a", {"action": "sign_off"}
+        )
+        assert status == 409 and body["error"]["code"] == "open_high_alarms", body
+        board = (await http(world, "GET", "/api/alarms", "clin_a"))[1]["alarms"]
+        high = next(a for a in board if a["session_id"] == sid and a["priority"] == "high")
+        await doc.ok("resolve_alarm", {"alarm_id": high["alarm_id"], "note": "breathing normal"})
         state = await act(world, sid, "sign_off")
         assert state["phase"] == "completed"
 
