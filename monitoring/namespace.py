@@ -42,6 +42,8 @@ BOARD_ROLES = (Role.ONCALL.value, Role.ADMIN.value)
 STAFF_ONLY = frozenset(
     {
         "note_added",
+        "flag_cleared",
+        "emergency",
         "info_logged",
         "dosing_override",
         "viewer_joined",

@@ -5,8 +5,9 @@ column and knows how to fire what is due (``advance_due``) and when the next is
 (``next_deadline``). The scheduler loops over them: at start-up (so a restarted process fires
 whatever fell due while it was down), whenever a stepper sets a nearer deadline (``wake``), and
 at least every ``POLL_SECS`` to see deadlines other processes set. With several processes on
-one PostgreSQL every stepper takes its due rows ``FOR UPDATE SKIP LOCKED``, so exactly one
-process fires each step.
+one PostgreSQL exactly one fires each step: phase deadlines are taken ``FOR UPDATE SKIP
+LOCKED``; check-ins and alarms are stepped one per transaction under the session's row lock,
+re-read before acting (see :meth:`monitoring.events.Transaction.lock_session`).
 """
 
 from __future__ import annotations

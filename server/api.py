@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from monitoring.lifecycle import TransitionError, session_state
 from monitoring.namespace import for_people
+from monitoring.protocol import Protocol
 from server import accounts
 from server.auth import (
     Access,
@@ -27,6 +28,7 @@ from server.auth import (
     invite_token,
     load_user,
     login_token,
+    may,
     verify_password,
     visible_sessions,
 )
@@ -130,7 +132,6 @@ def _user_json(user: User) -> dict[str, Any]:
 
 async def login(request: web.Request) -> web.Response:
     """``POST /api/login {username, password}`` → ``{token, user}``."""
-
     data = require_fields(await _body(request), {"username": str, "password": str})
     async with request.app[SESSIONMAKER]() as db:
         user = await load_user(db, data["username"].strip().lower())
@@ -183,9 +184,23 @@ async def _session_json(request: web.Request, row: SessionRow, patient_name: str
     return state
 
 
+def _catalogue(row: SessionRow) -> dict[str, Any]:
+    """What a patient's page needs of the session's protocol: the flags it may report and
+    when check-ins come."""
+    proto = Protocol.from_dict(row.protocol)
+    return {
+        "flags": [
+            {"code": f.code, "label": f.label, "priority": f.priority.value}
+            for f in proto.flags
+            if f.priority.value != "info"
+        ],
+        "checkin_every_minutes": proto.checkin_every_minutes,
+        "checkin_grace_minutes": proto.checkin_grace_minutes,
+    }
+
+
 async def list_sessions(request: web.Request) -> web.Response:
     """``GET /api/sessions[?all=1]`` → the sessions the caller may see (open ones by default)."""
-
     p = await _principal(request)
     query = (
         select(SessionRow, User.display_name)
@@ -203,20 +218,21 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 async def get_session(request: web.Request) -> web.Response:
-    """``GET /api/sessions/{id}`` → state, presence and media health."""
-
+    """``GET /api/sessions/{id}`` → state, presence, media health, the flags the patient may
+    report and (for those who fill it in) the pre-check checklist."""
     p = await _principal(request)
     row = await request.app[GATE].authorize(p, request.match_info["id"], Access.FOLLOW)
     async with request.app[SESSIONMAKER]() as db:
         patient = await db.get(User, row.patient_id)
-    return web.json_response(
-        await _session_json(request, row, patient.display_name if patient else "")
-    )
+    body = await _session_json(request, row, patient.display_name if patient else "")
+    body["protocol"] = _catalogue(row)
+    if may(p, row, Access.REPORT):
+        body["precheck"] = row.precheck or {}
+    return web.json_response(body)
 
 
 async def session_events(request: web.Request) -> web.Response:
     """``GET /api/sessions/{id}/events?after_seq=N`` → events newer than N, in order."""
-
     p = await _principal(request)
     session_id = request.match_info["id"]
     await request.app[GATE].authorize(p, session_id, Access.FOLLOW)
@@ -234,7 +250,6 @@ async def session_events(request: web.Request) -> web.Response:
 
 async def create_session(request: web.Request) -> web.Response:
     """``POST /api/sessions {patient_id, clinician_id?, scheduled_start?}`` (clinician, admin)."""
-
     p = await _principal(request)
     if p.role not in (Role.CLINICIAN, Role.ADMIN) or p.user_id is None:
         raise ClientError("forbidden", "only clinicians and admins create sessions")
@@ -267,7 +282,6 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def create_invite(request: web.Request) -> web.Response:
     """``POST /api/sessions/{id}/invites {role, name, phone?, ttl_hours?}`` → the link."""
-
     p = await _principal(request)
     session_id = request.match_info["id"]
     row = await request.app[GATE].authorize(p, session_id, Access.CONTROL)
@@ -329,7 +343,6 @@ def invite_url(public_url: str, role: str, token: str) -> str:
 
 async def act(request: web.Request) -> web.Response:
     """``POST /api/sessions/{id}/actions {action, reason?}``: the clock's human moves."""
-
     p = await _principal(request)
     session_id = request.match_info["id"]
     data = require_fields(await _body(request), {"action": str}, {"reason": str})
@@ -403,7 +416,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics`` in Prometheus text format."""
-
     m = request.app[METRICS]
     async with request.app[SESSIONMAKER]() as db:
         counts = dict(

@@ -277,6 +277,9 @@ async def world_factory(tmp_path: Path) -> AsyncIterator[Any]:
     yield start
     for server in reversed(servers):
         await server.close()
+    # aiosqlite runs each connection in a thread; one still finishing a call that a cancelled
+    # task made must find this loop alive to hand back its result.
+    await asyncio.sleep(0.2)
 
 
 @pytest.fixture

@@ -325,6 +325,10 @@ async def _patient_publishing(browser: Browser, console: Console, demo: Demo) ->
     assert "patient_invite" in demo.links, demo.stdout
     _, page = await _new_page(browser, console, "patient")
     await page.goto(demo.links["patient_invite"])
+    # The device check: camera preview, microphone meter, connection; then continue.
+    await page.locator("#check-camera.pass").wait_for(timeout=10_000)
+    await page.locator("#check-network.pass").wait_for(timeout=10_000)
+    await page.locator("#devices-ok").click()
     await page.wait_for_function(
         "document.body.dataset.media === 'connected'", timeout=BROWSER_PATIENT_SECS * 1000
     )
@@ -406,7 +410,9 @@ async def test_browser_patient_publishes_to_browser_clinician(
 ) -> None:
     patient = await _patient_publishing(browser, console, demo)
     assert await patient.locator("#who").text_content() == JORDAN
-    assert await patient.locator("#status").text_content() == "Your clinician can see you."
+    # Connected: no "reconnecting" banner; Jordan is still in the waiting room.
+    assert await patient.locator("#banner").is_hidden()
+    assert await patient.locator("#step-lobby").is_visible()
 
     _, clinician = await _new_page(browser, console, "clinician")
     started = time.monotonic()
@@ -538,7 +544,8 @@ async def test_phase_changes_reach_the_open_pages_without_a_reload(
 
     await jordan.locator("[data-action=admit]").click()
     await jordan.locator(".phase", has_text="Pre-check").wait_for(timeout=5_000)
-    await patient.locator("#phase", has_text="Pre-check").wait_for(timeout=5_000)
+    # Admitted: the patient's page turns to the pre-check form by itself.
+    await patient.locator("#step-precheck").wait_for(state="visible", timeout=5_000)
 
     def api(path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
         req = urllib.request.Request(
@@ -566,3 +573,87 @@ async def test_phase_changes_reach_the_open_pages_without_a_reload(
         arg=await sam.locator(".clock").element_handle(),
         timeout=5_000,
     )
+
+
+def _api(
+    demo: Demo, path: str, body: dict[str, Any] | None = None, token: str | None = None
+) -> Any:
+    import json
+
+    req = urllib.request.Request(
+        demo.url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {token}"} if token else {}),
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+async def test_patient_precheck_checkin_and_emergency_in_the_browser(
+    demo: Demo, browser: Browser, console: Console
+) -> None:
+    """Jordan, in a real browser: pre-check form → the clinician starts dosing → the 15-minute
+    check-in prompt (15 s at this demo's ×60) → "I'm OK" → the emergency button, which reaches
+    the on-call board with the address typed into the form."""
+    from server.demo import DEMO_PASSWORD
+
+    login = lambda who: _api(demo, "/api/login", {"username": who, "password": DEMO_PASSWORD})  # noqa: E731
+    doc = (await asyncio.to_thread(login, "dr.demo"))["token"]
+    nurse = (await asyncio.to_thread(login, "nurse.demo"))["token"]
+    sessions = (await asyncio.to_thread(_api, demo, "/api/sessions", None, doc))["sessions"]
+    jordan = next(s for s in sessions if s["patient"]["display_name"] == JORDAN)
+    sid = jordan["session_id"]
+    if jordan["phase"] == "lobby":  # when run on its own
+        await asyncio.to_thread(
+            _api, demo, f"/api/sessions/{sid}/actions", {"action": "admit"}, doc
+        )
+
+    patient = await _patient_publishing(browser, console, demo)
+    form = patient.locator("#precheck")
+    await form.wait_for(state="visible", timeout=10_000)
+    for name, value in {
+        "sitter_name": "Riley Lee",
+        "sitter_phone": "+1 555 0142",
+        "address": "7 Elm Road, Springfield",
+        "medication_changes": "none",
+        "systolic": "124",
+        "diastolic": "79",
+        "heart_rate": "70",
+        "emergency_contact_name": "Morgan Lee",
+        "emergency_contact_phone": "+1 555 0177",
+    }.items():
+        await form.locator(f"[name={name}]").fill(value)
+    for box in ("sitter_is_adult", "address_confirmed", "fasting"):
+        await form.locator(f"[name={box}]").check()
+    await form.locator("button[type=submit]").click()
+    await patient.locator("#precheck-status", has_text="Thank you").wait_for(timeout=10_000)
+
+    # The checklist and the reading pass: the clinician can start dosing without an override.
+    state = await asyncio.to_thread(
+        _api, demo, f"/api/sessions/{sid}/actions", {"action": "start_dosing"}, doc
+    )
+    assert state["state"]["phase"] == "dosing"
+    await patient.locator("#phase", has_text="Dosing").wait_for(timeout=10_000)
+    await patient.locator("#checkin").wait_for(state="visible", timeout=30_000)
+    await patient.locator("#im-ok").click()
+    await patient.locator("#checkin").wait_for(state="hidden", timeout=10_000)
+    events = (await asyncio.to_thread(_api, demo, f"/api/sessions/{sid}/events", None, doc))[
+        "events"
+    ]
+    answered = [e for e in events if e["type"] == "checkin_answered"]
+    assert answered and answered[-1]["data"]["ok"] is True
+
+    await patient.screenshot(
+        path=str(_screenshot_path("docs", "screenshots", "patient-session.png"))
+    )
+    await patient.locator("#emergency").click()
+    await patient.locator("#emergency-yes").click()
+    await patient.locator("#banner", has_text="Help is being called").wait_for(timeout=10_000)
+    board = (await asyncio.to_thread(_api, demo, "/api/alarms", None, nurse))["alarms"]
+    emergency = next(a for a in board if a["kind"] == "emergency" and a["session_id"] == sid)
+    assert (
+        emergency["priority"] == "high"
+        and emergency["detail"]["address"] == "7 Elm Road, Springfield"
+    )
+    assert emergency["detail"]["sitter_phone"] == "+1 555 0142"
