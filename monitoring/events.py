@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from monitoring.bus import EventBus
 from monitoring.clock import Clock
+from server.db import for_writing
 from server.models import Event
 from server.models import Session as SessionRow
 
@@ -118,6 +119,7 @@ class EventStore:
         """A transaction whose events reach the bus only after it commits."""
         async with self.sessionmaker() as db:
             async with db.begin():
+                await for_writing(db)
                 tx = Transaction(db, self.clock)
                 yield tx
             # Committed: from here on the events are facts and may be told.

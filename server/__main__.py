@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from server.config import Settings, SettingsError, load_settings
+from server.db import for_writing
 from server.logs import configure_logging
 
 log = logging.getLogger("vigil")
@@ -91,6 +92,7 @@ def _create_user(settings: Settings, args: argparse.Namespace) -> int:
         if settings.is_sqlite:
             await migrate(engine)
         async with store.sessionmaker() as db, db.begin():
+            await for_writing(db)
             clinic = await accounts.get_or_create_clinic(db, args.clinic)
             user = await accounts.create_user(
                 db,
@@ -134,6 +136,7 @@ def _create_session(settings: Settings, args: argparse.Namespace) -> int:
         from server.models import Session as SessionRow
 
         async with store.sessionmaker() as db, db.begin():
+            await for_writing(db)
             row = await db.get(SessionRow, created["session_id"])
             invite = await accounts.create_invite(
                 db,
@@ -183,6 +186,7 @@ def _set_protocol(settings: Settings, args: argparse.Namespace) -> int:
         if settings.is_sqlite:
             await migrate(engine)
         async with store.sessionmaker() as db, db.begin():
+            await for_writing(db)
             clinic = await accounts.get_or_create_clinic(db, args.clinic)
             # Stored in full, so what the clinic runs is visible in one place; sessions
             # already created keep their own snapshot.

@@ -32,7 +32,7 @@ from server.auth import (
     verify_password,
     visible_sessions,
 )
-from server.db import ping
+from server.db import for_writing, ping
 from server.gate import ClientError, require_fields
 from server.keys import (
     CLOCK,
@@ -294,6 +294,7 @@ async def create_invite(request: web.Request) -> web.Response:
         raise ClientError("bad_ttl", f"ttl_hours is between 1 and {MAX_INVITE_TTL_HOURS}")
     ttl = timedelta(hours=ttl_hours)
     async with request.app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         invite = await accounts.create_invite(
             db,
             session=row,
@@ -327,6 +328,7 @@ async def revoke_invite(request: web.Request) -> web.Response:
         raise ClientError("not_found", "no such invite")
     await request.app[GATE].authorize(p, invite.session_id, Access.CONTROL)
     async with request.app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         invite = await db.get(Invite, request.match_info["id"])
         assert invite is not None
         if invite.revoked_at is None:

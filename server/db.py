@@ -22,6 +22,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # SQLite waits this long for a writer's lock instead of failing with "database is locked";
 # the clock and a clinician's command may write at the same moment.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Execution option marking a transaction that will write (SQLite: BEGIN IMMEDIATE).
+WRITE_OPTION = "vigil_write"
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -46,12 +48,24 @@ def make_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn):  # type: ignore[no-untyped-def]
-            # IMMEDIATE takes SQLite's single write lock up front: transactions run one after
-            # another, which is what PostgreSQL's row locks (FOR UPDATE) give us there.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A writing transaction takes SQLite's single write lock up front (IMMEDIATE):
+            # writers run one after another, which is what PostgreSQL's row locks (FOR UPDATE)
+            # give us there. Readers begin DEFERRED: under WAL they never wait for writers,
+            # and a busy roster never queues behind the scheduler.
+            write = conn.get_execution_options().get(WRITE_OPTION)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+async def for_writing(db: AsyncSession) -> None:
+    """Mark *db*'s transaction as one that writes (call inside ``begin()``, before its first
+    statement: the connection is procured here, with the option, and then begins).
+
+    On SQLite it then begins IMMEDIATE (see :func:`make_engine`); elsewhere this is a no-op.
+    """
+    await db.connection(execution_options={WRITE_OPTION: True})
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

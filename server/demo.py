@@ -21,6 +21,7 @@ from sqlalchemy import select
 from server import accounts
 from server.api import invite_url
 from server.auth import invite_token, load_user, login_token
+from server.db import for_writing
 from server.keys import CLOCK, MONITORING, SESSIONMAKER, SETTINGS, STORE
 from server.models import Phase, Role, User
 from server.models import Session as SessionRow
@@ -75,6 +76,7 @@ async def seed_demo(app: web.Application) -> dict[str, object]:
     clock = app[CLOCK]
     now = clock.now()
     async with app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         clinic = await accounts.get_or_create_clinic(db, DEMO_CLINIC)
         users: dict[str, User] = {}
         for username, role, name in DEMO_STAFF:
@@ -162,6 +164,7 @@ async def seed_demo(app: web.Application) -> dict[str, object]:
     }
     # One invite link, to show the patient's page in a browser (simulated patients use tokens).
     async with app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         row = await db.get(SessionRow, sessions[-1].session_id) if sessions else None
         if row is not None:
             invite = await accounts.create_invite(

@@ -657,3 +657,64 @@ async def test_patient_precheck_checkin_and_emergency_in_the_browser(
         and emergency["detail"]["address"] == "7 Elm Road, Springfield"
     )
     assert emergency["detail"]["sitter_phone"] == "+1 555 0142"
+
+
+async def test_a_flag_reaches_the_tile_then_the_oncall_board_which_answers_it(
+    demo: Demo, browser: Browser, console: Console
+) -> None:
+    """Sam reports confusion: the clinician's tile shows the medium flag and its alarm; the
+    on-call console's board lists it; on-call acknowledges, then resolves it, in the page."""
+    import uuid
+
+    from server.demo import DEMO_PASSWORD
+
+    login = lambda who: _api(demo, "/api/login", {"username": who, "password": DEMO_PASSWORD})  # noqa: E731
+    sam_token = (await asyncio.to_thread(login, "patient2.demo"))["token"]
+    _, roster = await _new_page(browser, console, "clinician")
+    await roster.goto(demo.links["clinician"])
+    sam = _tile(roster, "Sam Okafor")
+    await sam.locator(".phase").wait_for(timeout=10_000)
+    _, console_page = await _new_page(browser, console, "oncall")
+    await console_page.goto(demo.links["oncall"])
+    await console_page.locator("#board").wait_for(state="visible", timeout=10_000)
+
+    # The patient reports through /monitor, as the patient's page does.
+    import socketio
+
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(
+        demo.url,
+        namespaces=["/monitor"],
+        auth={"token": sam_token},
+        transports=["websocket"],
+        # A busy demo (three relays, two browsers) may take more than the default second.
+        wait_timeout=10,
+    )
+    try:
+        sid = await sam.get_attribute("data-session-id")
+        reply = await client.call(
+            "raise_flag",
+            {"session_id": sid, "code": "confusion", "client_id": uuid.uuid4().hex},
+            namespace="/monitor",
+        )
+        assert reply["ok"], reply
+    finally:
+        await client.disconnect()
+
+    await sam.locator(".flags .chip.medium", has_text="confusion").wait_for(timeout=10_000)
+    await sam.locator(".alarms li", has_text="flag").wait_for(timeout=10_000)
+    assert "urgent-medium" in (await sam.get_attribute("class") or "")
+    item = console_page.locator("#board-list li", has_text="Sam Okafor: flag")
+    await item.wait_for(timeout=10_000)
+    await console_page.screenshot(
+        path=str(_screenshot_path("docs", "screenshots", "oncall-board.png"))
+    )
+    await item.locator("[data-alarm-action=ack_alarm]").click()
+    await item.filter(has_text="acknowledged").wait_for(timeout=10_000)
+    await item.locator("[data-alarm-action=resolve_alarm]").click()
+    await item.wait_for(state="detached", timeout=10_000)
+    # The clinician's tile follows: the flag's alarm is gone from Sam's tile.
+    await sam.locator(".alarms li", has_text="flag").wait_for(state="detached", timeout=10_000)
+    await roster.screenshot(
+        path=str(_screenshot_path("docs", "screenshots", "clinician-roster.png"))
+    )
