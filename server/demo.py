@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -41,6 +43,8 @@ DEMO_STAFF = (
 DEMO_PATIENT_NAMES = ("Alex Rivera", "Sam Okafor", "Jordan Lee", "Robin Novak", "Kim Haddad")
 # Seconds between a simulated patient's attempts to (re)connect.
 RETRY_SECS = 1.0
+# A simulated patient answers a check-in this long after it is asked (real seconds).
+ANSWER_AFTER_SECS = 3.0
 STOP_TIMEOUT_SECS = 3.0
 
 
@@ -191,6 +195,7 @@ class DemoPatients:
         self.sessions: list[DemoSession] = list(links.get("sessions", []))  # type: ignore[call-overload]
         self._tasks: list[asyncio.Task[None]] = []
         self._clients: set[SignalingClient] = set()
+        self._monitors: set[Any] = set()
         self._stopping = False
 
     def start(self) -> None:
@@ -198,6 +203,9 @@ class DemoPatients:
         # The last patient is left for a person to play through the invite link.
         for demo in self.sessions[:-1] if len(self.sessions) > 1 else self.sessions:
             self._tasks.append(asyncio.create_task(self._run(demo), name=f"demo.{demo.session_id}"))
+            self._tasks.append(
+                asyncio.create_task(self._answer(demo), name=f"demo.checkins.{demo.session_id}")
+            )
 
     async def _run(self, demo: DemoSession) -> None:
         settings = self.app[SETTINGS]
@@ -234,12 +242,64 @@ class DemoPatients:
                 await client.close()
             await asyncio.sleep(RETRY_SECS)
 
+    async def _answer(self, demo: DemoSession) -> None:
+        """Answer check-ins like a patient doing well would, so the demo's roster is calm
+        unless someone makes it otherwise (a missed check-in is still an alarm)."""
+        import socketio
+
+        settings = self.app[SETTINGS]
+        url = f"http://{settings.host}:{settings.port}"
+        due: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        while not self._stopping:
+            sio = socketio.AsyncClient(reconnection=True)
+            self._monitors.add(sio)
+
+            async def on_event(event: dict[str, object]) -> None:
+                if (
+                    event.get("type") == "checkin_due"
+                    and event.get("session_id") == demo.session_id
+                ):
+                    await due.put(event)
+
+            sio.on("event", on_event, namespace="/monitor")
+            try:
+                await sio.connect(
+                    url,
+                    namespaces=["/monitor"],
+                    auth={"token": demo.patient_token},
+                    transports=["websocket"],
+                    wait_timeout=10,
+                )
+                await sio.call(
+                    "follow", {"session_id": demo.session_id, "after_seq": 0}, namespace="/monitor"
+                )
+                while True:
+                    event = await due.get()
+                    await asyncio.sleep(ANSWER_AFTER_SECS)
+                    data = event.get("data") or {}
+                    common = {"session_id": demo.session_id, "client_id": uuid.uuid4().hex}
+                    if isinstance(data, dict) and data.get("kind") == "vitals":
+                        body = {**common, "systolic": 122, "diastolic": 78, "heart_rate": 72}
+                        await sio.call("record_vitals", body, namespace="/monitor")
+                    else:
+                        await sio.call(
+                            "answer_checkin", {**common, "ok": True}, namespace="/monitor"
+                        )
+            except Exception as exc:  # the server is not listening yet, or went away
+                log.debug("simulated check-ins retrying", extra={"error": type(exc).__name__})
+            finally:
+                self._monitors.discard(sio)
+                with contextlib.suppress(Exception):
+                    await sio.disconnect()
+            await asyncio.sleep(RETRY_SECS)
+
     async def stop(self) -> None:
         """Stop every simulated patient (idempotent)."""
         self._stopping = True
         # Disconnect first: that also aborts python-socketio's reconnection loop, which a
         # cancelled task would otherwise leave retrying against a server that is going away.
         closing = [client.close() for client in list(self._clients)]
+        closing += [sio.disconnect() for sio in list(self._monitors)]
         if closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
