@@ -121,6 +121,7 @@
       onStatus: (st) => { el.dataset.media = st; },
     });
     Vigil.follow(monitor, entry.session_id, {
+      onError: (e) => { errorEl.textContent = e.message; },
       onState: (state) => { t.entry = { ...t.entry, ...state }; render(t, t.entry); },
       onEvent: (ev) => {
         const li = document.createElement("li");

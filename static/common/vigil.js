@@ -126,7 +126,8 @@ const Vigil = (() => {
     // Refusals that a retry cannot fix; anything else (a timeout, a network error, an
     // unjoined socket after a reconnect) is retried with a growing delay.
     const FATAL = ["forbidden", "session_ended", "bad_request", "bad_sdp", "token_expired",
-      "token_invalid", "invite_revoked", "account_disabled", "already_joined", "unknown_session"];
+      "token_invalid", "invite_revoked", "account_disabled", "already_joined", "unknown_session",
+      "payload_too_large"];
     let delayMs = 1000;
     let retryTimer = null;
     function retry() {
@@ -167,8 +168,12 @@ const Vigil = (() => {
   // (the follow reply and the server's `state` pushes), onEvent each event once, in order.
   // Live events that arrive while a follow is in flight are held and applied after its
   // replay; a gap, a reconnect or a failed follow re-follows from the cursor.
-  function follow(sock, sessionId, { onState, onEvent }) {
+  const REFUSALS = ["forbidden", "unknown_session", "invite_revoked", "token_expired",
+    "token_invalid", "account_disabled", "bad_request"];
+
+  function follow(sock, sessionId, { onState, onEvent, onError }) {
     let cursor = 0;
+    let stopped = false;
     let inflight = null;
     let held = [];
     let stateSeq = -1;
@@ -195,6 +200,7 @@ const Vigil = (() => {
     }
 
     function refollow() {
+      if (stopped) return Promise.resolve();
       if (inflight) return inflight; // coalesce: one follow at a time
       inflight = call(sock, "follow", { session_id: sessionId, after_seq: cursor })
         .then((r) => {
@@ -208,10 +214,19 @@ const Vigil = (() => {
           for (const ev of later) gap = apply(ev) || gap;
           return gap;
         })
-        .catch(() => true)
+        .catch((err) => {
+          // A refusal (revoked invite, expired sign-in…) will not change by retrying: stop
+          // and say why; anything else (a timeout, a network error) is retried.
+          if (err && REFUSALS.includes(err.code)) {
+            stopped = true;
+            if (onError) onError(err);
+            return false;
+          }
+          return true;
+        })
         .then((again) => {
           inflight = null;
-          if (again && sock.connected) setTimeout(refollow, 500);
+          if (again && !stopped && sock.connected) setTimeout(refollow, 500);
         });
       return inflight;
     }

@@ -157,7 +157,7 @@
       $("journal").hidden = false;
     }
   }
-  Vigil.follow(monitor, sessionId, { onState: render, onEvent });
+  Vigil.follow(monitor, sessionId, { onState: render, onEvent, onError: (e) => fail(e.message) });
   monitor.on("connect", () => setBanner(""));
 
   // -- pre-check ---------------------------------------------------------------------------
