@@ -86,3 +86,17 @@ async def api(port: int, method: str, path: str, token: str | None = None, body:
             data = await r.json()
             assert r.status < 300, data
             return data
+
+
+def provision(env: dict[str, str], doc_password: str) -> tuple[str, str]:
+    """With the CLI: a clinic K with clinician ``doc`` and patient ``pat``, and a session of
+    theirs (the database is migrated first on PostgreSQL). Returns (session id, the patient's
+    invite token)."""
+    if not env["VIGIL_DATABASE_URL"].startswith("sqlite"):
+        assert "newest schema" in cli(env, "migrate")
+    cli(env, "create-user", "--username", "doc", "--role", "clinician", "--clinic", "K",
+        "--password", doc_password)  # fmt: skip
+    cli(env, "create-user", "--username", "pat", "--role", "patient", "--clinic", "K")
+    out = cli(env, "create-session", "--patient", "pat", "--clinician", "doc")
+    assert "/patient/#token=" in out
+    return out.split()[1], out.split("#token=", 1)[1].split()[0]

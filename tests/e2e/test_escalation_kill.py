@@ -13,7 +13,7 @@ from typing import Any
 
 import socketio
 
-from tests.e2e.process import api, cli, free_port, start_server, vigil_env
+from tests.e2e.process import api, free_port, provision, start_server, vigil_env
 
 PASSWORD = "escalation test password"
 # 60: a high-priority alarm's 2-minute escalation step lasts two real seconds.
@@ -59,24 +59,7 @@ async def test_sigkill_mid_escalation_then_restart_fires_the_persisted_step(
 ) -> None:
     port = free_port()
     env = vigil_env(db_url, tmp_path, port, float(SCALE))
-    if not db_url.startswith("sqlite"):
-        assert "newest schema" in cli(env, "migrate")
-    cli(
-        env,
-        "create-user",
-        "--username",
-        "doc",
-        "--role",
-        "clinician",
-        "--clinic",
-        "K",
-        "--password",
-        PASSWORD,
-    )
-    cli(env, "create-user", "--username", "pat", "--role", "patient", "--clinic", "K")
-    out = cli(env, "create-session", "--patient", "pat", "--clinician", "doc")
-    session_id = out.split()[1]
-    patient_token = out.split("#token=", 1)[1].split()[0]
+    session_id, patient_token = provision(env, PASSWORD)
 
     log = (tmp_path / "server.log").open("ab")
     proc = await start_server(env, port, log)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.process import api, cli, free_port, start_server, vigil_env
+from tests.e2e.process import api, free_port, provision, start_server, vigil_env
 
 PASSWORD = "restart test password"
 # 600: the 10-minute dosing phase lasts one real second, the whole active phase six.
@@ -21,24 +21,7 @@ async def test_sigkill_mid_phase_then_restart_resumes_the_clock(
 ) -> None:
     port = free_port()
     env = vigil_env(db_url, tmp_path, port, float(SCALE))
-    if not db_url.startswith("sqlite"):
-        assert "newest schema" in cli(env, "migrate")
-    cli(
-        env,
-        "create-user",
-        "--username",
-        "doc",
-        "--role",
-        "clinician",
-        "--clinic",
-        "K",
-        "--password",
-        PASSWORD,
-    )
-    cli(env, "create-user", "--username", "pat", "--role", "patient", "--clinic", "K")
-    out = cli(env, "create-session", "--patient", "pat", "--clinician", "doc")
-    session_id = out.split()[1]
-    assert "/patient/#token=" in out
+    session_id, _ = provision(env, PASSWORD)
 
     proc = await start_server(env, port)
     token = (await api(port, "POST", "/api/login", body={"username": "doc", "password": PASSWORD}))[

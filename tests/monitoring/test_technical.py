@@ -10,16 +10,12 @@ session is created, so the session's snapshot carries them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from sqlalchemy import update
 
@@ -29,6 +25,7 @@ from server.models import Clinic
 from signaling.client import SignalingClient
 from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
 from tests.conftest import World, make_settings, prepare_for_dosing
+from tests.helpers import Watcher, act, http, signaling, until, wait_phase
 from tests.monitor_client import MonitorClient
 
 # Technical thresholds in real seconds; one protocol minute of dosing at scale 60 is one real
@@ -52,47 +49,6 @@ def _fast_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def until(predicate: Any, timeout: float = 10, what: str = "condition") -> None:
-    """Wait for a synchronous *predicate*."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def http(
-    world: World, method: str, path: str, who: str | None = None, body: Any = None
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {world.tokens[who]}"} if who else {}
-    async with (
-        aiohttp.ClientSession() as client,
-        client.request(method, world.url + path, headers=headers, json=body) as r,
-    ):
-        return r.status, await r.json()
-
-
-async def act(world: World, session_id: str, action: str, who: str = "clin_a") -> dict[str, Any]:
-    status, body = await http(
-        world, "POST", f"/api/sessions/{session_id}/actions", who, {"action": action}
-    )
-    assert status == 200, body
-    return body["state"]
-
-
-async def phase_of(world: World, session_id: str) -> str:
-    status, body = await http(world, "GET", f"/api/sessions/{session_id}", "oncall")
-    assert status == 200, body
-    return body["phase"]
-
-
-async def wait_phase(world: World, session_id: str, phase: str, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while await phase_of(world, session_id) != phase:
-            await asyncio.sleep(0.05)
 
 
 async def tech_session(world: World, protocol: dict[str, Any] = TECH_PROTOCOL) -> str:
@@ -136,34 +92,6 @@ class TapVideo(PatternVideoTrack):
     async def recv(self) -> VideoFrame:
         await self.flowing.wait()
         return await super().recv()
-
-
-class Watcher:
-    """A viewer's decoding side: counts the video frames it receives."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        self.tasks: list[asyncio.Future[None]] = []
-
-    def on_track(self, track: MediaStreamTrack) -> None:
-        self.tasks.append(asyncio.ensure_future(self._read(track)))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
-                if track.kind == "video":
-                    self.frames += 1
-
-    def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
-
-async def signaling(world: World, token: str) -> SignalingClient:
-    client = SignalingClient(world.url, token, reconnect=False)
-    await client.connect()
-    return client
 
 
 async def invite(world: World, session_id: str, role: str) -> str:

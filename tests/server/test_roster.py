@@ -7,97 +7,21 @@ peer; what the roster, the board and the record say is read back from the databa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
 
 from server.demo import demo_precheck
-from signaling.client import SignalingClient
 from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
 from tests.conftest import World, make_settings
+from tests.helpers import Watcher, act, http, signaling, until, wait_phase
 from tests.monitor_client import MonitorClient
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-async def until(predicate: Any, timeout: float = 10, what: str = "condition") -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def http(
-    world: World, method: str, path: str, who: str | None = None, body: Any = None
-) -> tuple[int, Any]:
-    token = world.tokens.get(who, who) if who else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        aiohttp.ClientSession() as client,
-        client.request(method, world.url + path, headers=headers, json=body) as r,
-    ):
-        return r.status, await r.json()
-
-
-async def act(world: World, session_id: str, action: str, who: str = "clin_a") -> dict[str, Any]:
-    status, body = await http(
-        world, "POST", f"/api/sessions/{session_id}/actions", who, {"action": action}
-    )
-    assert status == 200, body
-    return body["state"]
-
-
-async def wait_phase(world: World, session_id: str, phase: str, timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            status, body = await http(world, "GET", f"/api/sessions/{session_id}", "oncall")
-            assert status == 200, body
-            if body["phase"] == phase:
-                return
-            await asyncio.sleep(0.02)
-
-
-Monitor = MonitorClient
-
-
-class Watcher:
-    """A viewer's decoding side: counts the video frames it receives."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        self.tasks: list[asyncio.Future[None]] = []
-
-    def on_track(self, track: MediaStreamTrack) -> None:
-        self.tasks.append(asyncio.ensure_future(self._read(track)))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
-                if track.kind == "video":
-                    self.frames += 1
-
-    def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
-
-async def signaling(world: World, who: str) -> SignalingClient:
-    client = SignalingClient(world.url, world.tokens.get(who, who), reconnect=False)
-    await client.connect()
-    return client
-
-
-# What changes between two reads of the same roster (clocks and live media figures).
 VOLATILE = ("server_time", "last_checkin_age_seconds", "media_health", "minutes_since_dose")
 
 
@@ -110,10 +34,10 @@ def stable(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def test_roster_and_alarm_board(world: World) -> None:
     s1, s2 = world.sessions["s1"], world.sessions["s2"]
-    pat1 = await Monitor(world, "pat1").connect()
-    pat2 = await Monitor(world, "pat2").connect()
-    doc = await Monitor(world, "clin_a").connect()
-    nurse = await Monitor(world, "oncall").connect()
+    pat1 = await MonitorClient(world, "pat1").connect()
+    pat2 = await MonitorClient(world, "pat2").connect()
+    doc = await MonitorClient(world, "clin_a").connect()
+    nurse = await MonitorClient(world, "oncall").connect()
     publisher = await signaling(world, "pat1")
     viewer = await signaling(world, "clin_a")
     watcher = Watcher()
@@ -232,8 +156,8 @@ async def test_session_record_after_a_complete_session(
 ) -> None:
     world = await world_factory(make_settings(db_url, tmp_path, time_scale=RECORD_SCALE))
     sid = world.sessions["s1"]
-    patient = await Monitor(world, "pat1").connect()
-    doc = await Monitor(world, "clin_a").connect()
+    patient = await MonitorClient(world, "pat1").connect()
+    doc = await MonitorClient(world, "clin_a").connect()
     viewer = await signaling(world, "clin_a")
     watcher = Watcher()
     try:
