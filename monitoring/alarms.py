@@ -319,60 +319,77 @@ class Alarms:
             )
 
     async def advance_due(self) -> int:
-        """Escalate unacknowledged alarms and re-trigger stale acknowledgements (one
-        transaction each, see :meth:`EventStore.step_due`)."""
+        """Escalate unacknowledged alarms and re-trigger stale acknowledgements.
+
+        Each alarm is stepped in its own transaction that locks the session row first (the
+        lock order of :meth:`Transaction.lock_session`), then re-reads the alarm: a second
+        process that waited on the same session finds the step already taken.
+        """
         now = self.clock.now()
         due_where = (Alarm.next_step_at.is_not(None)) & (Alarm.next_step_at <= now)
-
-        async def step(tx: Transaction, alarm: Alarm, row: SessionRow | None) -> int:
-            return await self._step(tx, alarm, now)
-
-        return await self.store.step_due(Alarm, due_where, Alarm.next_step_at, step)
-
-    async def _step(self, tx: Transaction, alarm: Alarm, now: datetime) -> int:
-        """One escalation step of a due alarm; returns 1 when something was paged."""
-        policy = alarm.policy or {}
-        levels: list[str] = policy.get("levels", [])
-        step = policy.get("step_minutes")
-        if not levels or step is None or alarm.status not in OPEN:
-            alarm.next_step_at = None
-            return 0
-        # Steps are timed from when they were due, not from when a (restarted)
-        # process noticed, so a backlog replays on the policy's own rhythm.
-        at = alarm.next_step_at or now
-        if alarm.status == "acknowledged":
-            self._retrigger(alarm)
-            alarm.next_step_at = self.clock.after(at, step)
-            await tx.append(
-                alarm.session_id,
-                "alarm_retriggered",
-                {
-                    **alarm_dict(alarm),
-                    "reason": "ack_timeout",
-                    "paged": [levels[alarm.level]],
-                },
-                actor="escalation",
-            )
-        else:
-            repeat = alarm.level >= len(levels) - 1
-            if repeat:
-                # Already paging the top level: after an outage, page it once for
-                # the newest missed slot, not once per slot missed.
-                while self.clock.after(at, step) <= now:
-                    at = self.clock.after(at, step)
-            alarm.level = min(alarm.level + 1, len(levels) - 1)
-            alarm.next_step_at = self.clock.after(at, step)
-            await tx.append(
-                alarm.session_id,
-                "alarm_escalated",
-                {
-                    **alarm_dict(alarm),
-                    "reason": "repeat" if repeat else "not_acknowledged",
-                    "paged": [levels[alarm.level]],
-                },
-                actor="escalation",
-            )
-        return 1
+        async with self.store.sessionmaker() as db:
+            due_ids = (
+                await db.execute(
+                    select(Alarm.id, Alarm.session_id)
+                    .where(due_where)
+                    .order_by(Alarm.next_step_at)
+                    .limit(100)
+                )
+            ).all()
+        fired = 0
+        for alarm_id, session_id in due_ids:
+            async with self.store.transaction() as tx:
+                await tx.lock_session(session_id)
+                alarm = (
+                    await tx.db.execute(
+                        select(Alarm).where(Alarm.id == alarm_id, due_where).with_for_update()
+                    )
+                ).scalar_one_or_none()
+                if alarm is None:
+                    continue  # stepped meanwhile by another process
+                policy = alarm.policy or {}
+                levels: list[str] = policy.get("levels", [])
+                step = policy.get("step_minutes")
+                if not levels or step is None or alarm.status not in OPEN:
+                    alarm.next_step_at = None
+                    continue
+                # Steps are timed from when they were due, not from when a (restarted)
+                # process noticed, so a backlog replays on the policy's own rhythm.
+                at = alarm.next_step_at or now
+                if alarm.status == "acknowledged":
+                    self._retrigger(alarm)
+                    alarm.next_step_at = self.clock.after(at, step)
+                    await tx.append(
+                        alarm.session_id,
+                        "alarm_retriggered",
+                        {
+                            **alarm_dict(alarm),
+                            "reason": "ack_timeout",
+                            "paged": [levels[alarm.level]],
+                        },
+                        actor="escalation",
+                    )
+                else:
+                    repeat = alarm.level >= len(levels) - 1
+                    if repeat:
+                        # Already paging the top level: after an outage, page it once for
+                        # the newest missed slot, not once per slot missed.
+                        while self.clock.after(at, step) <= now:
+                            at = self.clock.after(at, step)
+                    alarm.level = min(alarm.level + 1, len(levels) - 1)
+                    alarm.next_step_at = self.clock.after(at, step)
+                    await tx.append(
+                        alarm.session_id,
+                        "alarm_escalated",
+                        {
+                            **alarm_dict(alarm),
+                            "reason": "repeat" if repeat else "not_acknowledged",
+                            "paged": [levels[alarm.level]],
+                        },
+                        actor="escalation",
+                    )
+                fired += 1
+        return fired
 
     async def next_deadline(self) -> datetime | None:
         """The earliest pending escalation or re-trigger."""

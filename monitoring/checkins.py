@@ -200,17 +200,38 @@ class CheckIns:
         return await run_command(self.store, session_id, client_id, body)
 
     async def advance_due(self) -> int:
-        """Open check-ins that fell due; mark missed those past their grace period (one
-        transaction each, see :meth:`EventStore.step_due`)."""
+        """Open check-ins that fell due; mark missed those past their grace period.
+
+        Each check-in is handled in its own transaction that locks the session row first
+        (the lock order of :meth:`Transaction.lock_session`), then re-reads the check-in: a
+        second process waiting on the same session finds it already handled.
+        """
         now = self.clock.now()
         due_where = ((CheckIn.status == "pending") & (CheckIn.due_at <= now)) | (
             (CheckIn.status == "open") & (CheckIn.grace_until <= now)
         )
-
-        async def step(tx: Transaction, c: CheckIn, row: SessionRow | None) -> int:
-            return await self._step(tx, c, row, now)
-
-        return await self.store.step_due(CheckIn, due_where, CheckIn.due_at, step)
+        async with self.store.sessionmaker() as db:
+            due = (
+                await db.execute(
+                    select(CheckIn.id, CheckIn.session_id)
+                    .where(due_where)
+                    .order_by(CheckIn.due_at)
+                    .limit(100)
+                )
+            ).all()
+        fired = 0
+        for checkin_id, session_id in due:
+            async with self.store.transaction() as tx:
+                row = await tx.lock_session(session_id)
+                c = (
+                    await tx.db.execute(
+                        select(CheckIn).where(CheckIn.id == checkin_id, due_where).with_for_update()
+                    )
+                ).scalar_one_or_none()
+                if c is None:
+                    continue  # handled meanwhile by another process
+                fired += await self._step(tx, c, row, now)
+        return fired
 
     async def _step(
         self, tx: Transaction, c: CheckIn, row: SessionRow | None, now: datetime

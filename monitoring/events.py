@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -99,12 +99,6 @@ class Transaction:
         ).scalar_one_or_none()
 
 
-# How many due items one scheduler pass takes (the rest wait for the next pass, at once).
-STEP_BATCH = 100
-
-StepFn = Callable[[Transaction, Any, SessionRow | None], Awaitable[int]]
-
-
 class EventStore:
     """Opens transactions and publishes their events after commit."""
 
@@ -133,38 +127,6 @@ class EventStore:
                 self._on_written(len(tx.events))
             for ev in tx.events:
                 await self.bus.publish(event_dict(ev))
-
-    async def step_due(
-        self, model: Any, due_where: ColumnElement[bool], order_by: Any, step: StepFn
-    ) -> int:
-        """Step every due row of *model* (check-ins, alarms) once, whatever the processes.
-
-        Each row is stepped in its own transaction that locks its session's row first (the
-        lock order of :meth:`Transaction.lock_session`) and then re-reads the row under
-        *due_where*: a second process that waited on the same session finds the step already
-        taken and skips it. Returns the sum of what *step* returned.
-        """
-        async with self.sessionmaker() as db:
-            due = (
-                await db.execute(
-                    select(model.id, model.session_id)
-                    .where(due_where)
-                    .order_by(order_by)
-                    .limit(STEP_BATCH)
-                )
-            ).all()
-        fired = 0
-        for item_id, session_id in due:
-            async with self.transaction() as tx:
-                row = await tx.lock_session(session_id)
-                item = (
-                    await tx.db.execute(
-                        select(model).where(model.id == item_id, due_where).with_for_update()
-                    )
-                ).scalar_one_or_none()
-                if item is not None:  # None: stepped meanwhile by another process
-                    fired += await step(tx, item, row)
-        return fired
 
     async def since(
         self, session_id: str, after_seq: int, limit: int = 1000
