@@ -25,7 +25,7 @@ from server import accounts
 from server.app import create_app
 from server.auth import invite_token, login_token
 from server.config import Settings
-from server.db import make_engine, migrate
+from server.db import for_writing, make_engine, migrate
 from server.keys import CLOCK, SESSIONMAKER, STORE
 from server.models import Role
 
@@ -189,6 +189,7 @@ class World:
 
         now = self.app[CLOCK].now()
         async with self.app[SESSIONMAKER]() as db, db.begin():
+            await for_writing(db)
             row = await db.get(SessionRow, self.sessions[session])
             assert row is not None
             inv = await accounts.create_invite(
@@ -220,6 +221,7 @@ async def seed(app: web.Application) -> tuple[dict[str, str], dict[str, int], di
     users: dict[str, int] = {}
     tokens: dict[str, str] = {}
     async with app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         clinic = await accounts.get_or_create_clinic(db, "Clinic A")
         other = await accounts.get_or_create_clinic(db, "Clinic B")
         people = [

@@ -20,6 +20,7 @@ import monitoring.protocol as protocol_module
 from monitoring.alarms import AlarmError
 from monitoring.protocol import Priority, Protocol
 from server import accounts
+from server.db import for_writing
 from server.models import Alarm, CheckIn, Phase, Role
 from server.models import Session as SessionRow
 from tests.monitoring.test_lifecycle import Harness, ready_for_dosing
@@ -56,6 +57,7 @@ async def _session(h: Harness, protocol: dict[str, Any] | None = None) -> tuple[
     """A new session in the lobby of a new clinic (with *protocol*); returns (id, clinician)."""
     tag = uuid.uuid4().hex[:8]
     async with h.store.sessionmaker() as db, db.begin():
+        await for_writing(db)
         clinic = await accounts.get_or_create_clinic(db, f"Clinic {tag}")
         if protocol is not None:
             clinic.protocol = Protocol.from_dict(protocol).as_dict()

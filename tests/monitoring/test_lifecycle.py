@@ -15,7 +15,7 @@ from monitoring.events import EventStore
 from monitoring.lifecycle import TransitionError
 from monitoring.service import Monitoring
 from server import accounts
-from server.db import make_engine, make_sessionmaker, migrate
+from server.db import for_writing, make_engine, make_sessionmaker, migrate
 from server.models import Phase, Role
 from server.models import Session as SessionRow
 
@@ -75,6 +75,7 @@ async def ready_for_dosing(h: Harness, sid: str) -> None:
 
 async def _new_session(h: Harness) -> tuple[str, str]:
     async with h.store.sessionmaker() as db, db.begin():
+        await for_writing(db)
         clinic = await accounts.get_or_create_clinic(db, "C")
         clin = await accounts.create_user(
             db,

@@ -20,6 +20,7 @@ from av import VideoFrame
 from sqlalchemy import update
 
 from monitoring import technical
+from server.db import for_writing
 from server.keys import SESSIONMAKER
 from server.models import Clinic
 from signaling.client import SignalingClient
@@ -54,6 +55,7 @@ def _fast_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
 async def tech_session(world: World, protocol: dict[str, Any] = TECH_PROTOCOL) -> str:
     """A new session of pat1 with clin_a, created after the clinic's protocol was set."""
     async with world.app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         await db.execute(update(Clinic).where(Clinic.name == "Clinic A").values(protocol=protocol))
     status, body = await http(
         world, "POST", "/api/sessions", "clin_a", {"patient_id": world.users["pat1"]}
@@ -472,6 +474,7 @@ async def test_a_single_process_starts_with_no_stale_presence(
     first = await world_factory(make_settings(sqlite_url, tmp_path))
     s1 = first.sessions["s1"]
     async with first.app[SESSIONMAKER]() as db, db.begin():
+        await for_writing(db)
         await db.execute(
             update(SessionRow).where(SessionRow.id == s1).values(publisher_online=True, watchers=2)
         )

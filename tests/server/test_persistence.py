@@ -14,7 +14,7 @@ from monitoring.clock import Clock
 from monitoring.events import EventStore
 from server import accounts
 from server.auth import verify_password
-from server.db import make_engine, make_sessionmaker, migrate
+from server.db import for_writing, make_engine, make_sessionmaker, migrate
 from server.models import Event, Role, User
 from server.models import Session as SessionRow
 
@@ -29,6 +29,7 @@ async def store(db_url: str):  # type: ignore[no-untyped-def]
 
 async def _people(store: EventStore) -> tuple[int, int, int]:
     async with store.sessionmaker() as db, db.begin():
+        await for_writing(db)
         clinic = await accounts.get_or_create_clinic(db, "Clinic")
         doc = await accounts.create_user(
             db,
@@ -175,6 +176,7 @@ async def test_invites_expire_and_record_their_session(store: EventStore) -> Non
     sid = await _session(store)
     now = store.clock.now()
     async with store.sessionmaker() as db, db.begin():
+        await for_writing(db)
         row = await db.get(SessionRow, sid)
         assert row is not None
         inv = await accounts.create_invite(

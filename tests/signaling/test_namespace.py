@@ -12,6 +12,7 @@ import socketio
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from server.db import for_writing
 from signaling.client import SignalingClient, SignalingFailed
 from signaling.namespace import MAX_SDP_CHARS
 from signaling.synthetic import PatternVideoTrack, ToneAudioTrack
@@ -227,6 +228,7 @@ async def test_revoked_invite_stops_working_on_the_next_event(world: World) -> N
     try:
         await guide.join(world.sessions["s1"], "viewer")
         async with world.app[SESSIONMAKER]() as db, db.begin():
+            await for_writing(db)
             await db.execute(update(Invite).values(revoked_at=world.app[CLOCK].now()))
         with pytest.raises(SignalingFailed) as e:
             await guide.join(world.sessions["s1"], "viewer")
