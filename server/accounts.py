@@ -80,6 +80,31 @@ async def create_user(
     return user
 
 
+def parse_start(text: str) -> datetime:
+    """A scheduled start from ISO 8601 text with a time zone (a bare local time is ambiguous:
+    the patient and the clinic may not share one)."""
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError:
+        raise AccountError("bad_request", "scheduled_start must be an ISO 8601 time") from None
+    if start.tzinfo is None:
+        raise AccountError("bad_request", "scheduled_start needs a time zone")
+    return start
+
+
+async def check_clinician(db: AsyncSession, clinician_id: int, clinic_id: int) -> User:
+    """The active clinician *clinician_id* of *clinic_id*, or a ``bad_clinician`` refusal."""
+    clinician = await db.get(User, clinician_id)
+    if (
+        clinician is None
+        or clinician.role != Role.CLINICIAN
+        or clinician.clinic_id != clinic_id
+        or not clinician.active
+    ):
+        raise AccountError("bad_clinician", "the clinician must be an active clinician here")
+    return clinician
+
+
 async def create_session(
     store: EventStore,
     *,
@@ -98,15 +123,7 @@ async def create_session(
         if patient is None or patient.role != Role.PATIENT or patient.clinic_id != clinic_id:
             raise AccountError("bad_patient", "the patient must be a patient of this clinic")
         if clinician_id is not None:
-            clinician = await tx.db.get(User, clinician_id)
-            if (
-                clinician is None
-                or clinician.role != Role.CLINICIAN
-                or clinician.clinic_id != clinic_id
-            ):
-                raise AccountError(
-                    "bad_clinician", "the clinician must be a clinician of this clinic"
-                )
+            await check_clinician(tx.db, clinician_id, clinic_id)
         protocol = Protocol.from_dict(clinic.protocol)
         row = SessionRow(
             clinic_id=clinic_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ STATUS = {
     "forbidden": 403,
     "unknown_session": 404,
     "not_found": 404,
+    "no_picture": 404,
     "wrong_phase": 409,
     "precheck_blocked": 409,
     "open_high_flags": 409,
@@ -106,15 +107,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error("internal_error", "the server could not handle this request")
 
 
-async def _body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body, or a ``bad_request`` refusal."""
     try:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ClientError("bad_request", "the body must be JSON") from None
 
 
-async def _principal(request: web.Request) -> Principal:
-
+async def principal_of(request: web.Request) -> Principal:
+    """Who sent *request* (``Authorization: Bearer``), or an auth refusal."""
     header = request.headers.get("Authorization", "")
     token = header[7:] if header.startswith("Bearer ") else None
     return await request.app[GATE].authenticate(token)
@@ -132,7 +134,7 @@ def _user_json(user: User) -> dict[str, Any]:
 
 async def login(request: web.Request) -> web.Response:
     """``POST /api/login {username, password}`` → ``{token, user}``."""
-    data = require_fields(await _body(request), {"username": str, "password": str})
+    data = require_fields(await json_body(request), {"username": str, "password": str})
     async with request.app[SESSIONMAKER]() as db:
         user = await load_user(db, data["username"].strip().lower())
     # The same answer for an unknown user and a wrong password: no account enumeration.
@@ -146,7 +148,7 @@ async def login(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     """``GET /api/me`` → who the token belongs to."""
-    p = await _principal(request)
+    p = await principal_of(request)
     return web.json_response(
         {
             "subject": p.subject,
@@ -161,7 +163,7 @@ async def me(request: web.Request) -> web.Response:
 async def config(request: web.Request) -> web.Response:
     """``GET /api/config`` → what pages need: ICE servers and the time scale (signed in only:
     TURN credentials are not for strangers)."""
-    await _principal(request)
+    await principal_of(request)
 
     s = request.app[SETTINGS]
     return web.json_response(
@@ -201,7 +203,7 @@ def _catalogue(row: SessionRow) -> dict[str, Any]:
 
 async def list_sessions(request: web.Request) -> web.Response:
     """``GET /api/sessions[?all=1]`` → the sessions the caller may see (open ones by default)."""
-    p = await _principal(request)
+    p = await principal_of(request)
     query = (
         select(SessionRow, User.display_name)
         .join(User, User.id == SessionRow.patient_id)
@@ -220,7 +222,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """``GET /api/sessions/{id}`` → state, presence, media health, the flags the patient may
     report and (for those who fill it in) the pre-check checklist."""
-    p = await _principal(request)
+    p = await principal_of(request)
     row = await request.app[GATE].authorize(p, request.match_info["id"], Access.FOLLOW)
     async with request.app[SESSIONMAKER]() as db:
         patient = await db.get(User, row.patient_id)
@@ -233,7 +235,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def session_events(request: web.Request) -> web.Response:
     """``GET /api/sessions/{id}/events?after_seq=N`` → events newer than N, in order."""
-    p = await _principal(request)
+    p = await principal_of(request)
     session_id = request.match_info["id"]
     await request.app[GATE].authorize(p, session_id, Access.FOLLOW)
     try:
@@ -250,22 +252,17 @@ async def session_events(request: web.Request) -> web.Response:
 
 async def create_session(request: web.Request) -> web.Response:
     """``POST /api/sessions {patient_id, clinician_id?, scheduled_start?}`` (clinician, admin)."""
-    p = await _principal(request)
+    p = await principal_of(request)
     if p.role not in (Role.CLINICIAN, Role.ADMIN) or p.user_id is None:
         raise ClientError("forbidden", "only clinicians and admins create sessions")
     data = require_fields(
-        await _body(request),
+        await json_body(request),
         {"patient_id": int},
         {"clinician_id": int, "scheduled_start": str},
     )
     start = request.app[CLOCK].now()
     if "scheduled_start" in data:
-        try:
-            start = datetime.fromisoformat(data["scheduled_start"])
-        except ValueError:
-            raise ClientError("bad_request", "scheduled_start must be an ISO 8601 time") from None
-        if start.tzinfo is None:
-            raise ClientError("bad_request", "scheduled_start needs a time zone")
+        start = accounts.parse_start(data["scheduled_start"])
     clinician_id = data.get("clinician_id")
     if clinician_id is None and p.role == Role.CLINICIAN:
         clinician_id = p.user_id
@@ -282,11 +279,11 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def create_invite(request: web.Request) -> web.Response:
     """``POST /api/sessions/{id}/invites {role, name, phone?, ttl_hours?}`` → the link."""
-    p = await _principal(request)
+    p = await principal_of(request)
     session_id = request.match_info["id"]
-    row = await request.app[GATE].authorize(p, session_id, Access.CONTROL)
+    row = await request.app[GATE].authorize(p, session_id, Access.MANAGE)
     data = require_fields(
-        await _body(request), {"role": str, "name": str}, {"phone": str, "ttl_hours": int}
+        await json_body(request), {"role": str, "name": str}, {"phone": str, "ttl_hours": int}
     )
     now = request.app[CLOCK].now()
     ttl_hours = data.get("ttl_hours", 24 * 7)
@@ -321,12 +318,12 @@ async def create_invite(request: web.Request) -> web.Response:
 
 async def revoke_invite(request: web.Request) -> web.Response:
     """``DELETE /api/invites/{id}``: the link stops working at its holder's next request."""
-    p = await _principal(request)
+    p = await principal_of(request)
     async with request.app[SESSIONMAKER]() as db:
         invite = await db.get(Invite, request.match_info["id"])
     if invite is None:
         raise ClientError("not_found", "no such invite")
-    await request.app[GATE].authorize(p, invite.session_id, Access.CONTROL)
+    await request.app[GATE].authorize(p, invite.session_id, Access.MANAGE)
     async with request.app[SESSIONMAKER]() as db, db.begin():
         await for_writing(db)
         invite = await db.get(Invite, request.match_info["id"])
@@ -345,9 +342,9 @@ def invite_url(public_url: str, role: str, token: str) -> str:
 
 async def act(request: web.Request) -> web.Response:
     """``POST /api/sessions/{id}/actions {action, reason?}``: the clock's human moves."""
-    p = await _principal(request)
+    p = await principal_of(request)
     session_id = request.match_info["id"]
-    data = require_fields(await _body(request), {"action": str}, {"reason": str})
+    data = require_fields(await json_body(request), {"action": str}, {"reason": str})
     lifecycle = request.app[LIFECYCLE]
     lifecycle.check_action(data["action"])
     await request.app[GATE].authorize(p, session_id, Access.CONTROL)
@@ -358,7 +355,7 @@ async def act(request: web.Request) -> web.Response:
 async def roster(request: web.Request) -> web.Response:
     """``GET /api/roster`` → the caller's open sessions with flags, alarms, check-ins, media
     (staff only: alarms carry other people's details, such as the emergency address)."""
-    p = await _principal(request)
+    p = await principal_of(request)
     if not p.is_staff:
         raise ClientError("forbidden", "the roster is for clinic staff")
     async with request.app[SESSIONMAKER]() as db:
@@ -382,7 +379,7 @@ async def roster(request: web.Request) -> web.Response:
 async def alarm_board(request: web.Request) -> web.Response:
     """``GET /api/alarms`` → open alarms, priority then oldest first (on-call: the clinic's;
     a clinician: their sessions')."""
-    p = await _principal(request)
+    p = await principal_of(request)
     if p.invite_id is not None or p.role == Role.PATIENT:
         raise ClientError("forbidden", "the alarm board is for staff")
     alarms = request.app[MONITORING].alarms
@@ -397,13 +394,25 @@ async def alarm_board(request: web.Request) -> web.Response:
 
 async def session_record(request: web.Request) -> web.Response:
     """``GET /api/sessions/{id}/record`` → the session's record (staff and the patient)."""
-    p = await _principal(request)
+    p = await principal_of(request)
     session_id = request.match_info["id"]
     row = await request.app[GATE].authorize(p, session_id, Access.FOLLOW)
     if p.invite_id is not None and p.role != "patient":
         raise ClientError("forbidden", "the record is for the patient and their clinicians")
     del row
     return web.json_response(await request.app[ROSTER].record(session_id))
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    """``GET /api/sessions/{id}/thumbnail`` → a JPEG of the patient's latest picture (those who
+    may view the video); ``no_picture`` (404) when none arrived on this node."""
+    p = await principal_of(request)
+    session_id = request.match_info["id"]
+    await request.app[GATE].authorize(p, session_id, Access.VIEW)
+    jpeg = request.app[RELAY].thumbnail(session_id)
+    if jpeg is None:
+        raise ClientError("no_picture", "no picture from this patient yet")
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -459,10 +468,11 @@ def setup_routes(app: web.Application, static_dir: Path, node_modules: Path) -> 
     r.add_get("/api/roster", roster)
     r.add_get("/api/alarms", alarm_board)
     r.add_get("/api/sessions/{id}/record", session_record)
+    r.add_get("/api/sessions/{id}/thumbnail", thumbnail)
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     r.add_get("/", _page(static_dir / "index.html"))
-    for page in ("clinician", "patient", "guest"):
+    for page in ("clinician", "patient", "guest", "admin"):
         r.add_get(f"/{page}/", _page(static_dir / page / "index.html"))
     r.add_static("/static/", static_dir)
     vendor = node_modules / "socket.io-client" / "dist" / "socket.io.min.js"

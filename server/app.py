@@ -25,7 +25,7 @@ from monitoring.namespace import MonitorNamespace
 from monitoring.roster import Roster
 from monitoring.service import Monitoring
 from monitoring.technical import TechnicalMonitor, record_media_fact, reset_presence
-from server import api
+from server import admin, api
 from server.config import Settings
 from server.db import make_engine, make_sessionmaker, migrate
 from server.gate import Gate
@@ -241,4 +241,5 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(_demo)
     app.on_shutdown.append(_close_connections)
     api.setup_routes(app, STATIC_DIR, NODE_MODULES)
+    admin.setup_admin_routes(app)
     return app

@@ -170,6 +170,7 @@ class Access(enum.StrEnum):
     REPORT = "report"  # flags, check-in answers, vitals, pre-check, the emergency button
     RESPOND = "respond"  # acknowledge and resolve alarms
     CONTROL = "control"  # move the clock, clear flags, handle alarms, ask for check-ins
+    MANAGE = "manage"  # invite people, reassign or reschedule (no clinical decision)
 
 
 def may(principal: Principal, session: SessionRow, access: Access) -> bool:
@@ -206,7 +207,7 @@ def may(principal: Principal, session: SessionRow, access: Access) -> bool:
     if role == Role.ADMIN:
         # Admins run the clinic (and are the medical director, the last escalation level):
         # they watch, follow and answer alarms, but do not move the clinical clock.
-        return access in (Access.VIEW, Access.FOLLOW, Access.RESPOND)
+        return access in (Access.VIEW, Access.FOLLOW, Access.RESPOND, Access.MANAGE)
     return False
 
 

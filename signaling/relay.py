@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
 from signaling.health import MediaHealth, MediaHealthMeter
+from signaling.thumbnail import Thumbnailer
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Publication:
         self.session_id = session_id
         self.feeds = {"audio": Feed("audio"), "video": Feed("video")}
         self.meter = MediaHealthMeter()
+        self.thumbnails = Thumbnailer()
         self.pc: RTCPeerConnection | None = None
         self._consumers: dict[str, asyncio.Task[None]] = {}
         self._stats_task: asyncio.Task[None] | None = None
@@ -165,6 +167,7 @@ class Publication:
                 frame = await track.recv()
                 if is_video:
                     self.meter.video_frame(getattr(frame, "width", 0), getattr(frame, "height", 0))
+                    self.thumbnails.offer(frame)
                 else:
                     self.meter.audio_frame()
                 feed.push(frame)
@@ -267,6 +270,11 @@ class Relay:
         """The publisher's media health, or None if nothing was ever published here."""
         pub = self._publications.get(session_id)
         return pub.meter.snapshot() if pub is not None else None
+
+    def thumbnail(self, session_id: str) -> bytes | None:
+        """A small JPEG of the publisher's latest picture, or None if there is none."""
+        pub = self._publications.get(session_id)
+        return pub.thumbnails.jpeg() if pub is not None else None
 
     def sessions(self) -> list[str]:
         """Sessions with a publication on this node."""

@@ -1,0 +1,54 @@
+"""Roster thumbnails: a small JPEG of a publisher's latest picture, made on demand.
+
+A clinician watching many sessions does not need live video in every tile (each live tile is a
+viewer stream the relay must serve, and a decoder in the clinician's browser); the roster shows
+thumbnails refreshed every few seconds instead and live video for the session in focus.
+
+The relay hands every picture it has to :meth:`Thumbnailer.offer` (keeping a reference costs
+nothing); the JPEG is only made when a page asks, at most once per ``MIN_INTERVAL_SECS``, so
+ten clinicians polling cost one encode.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+THUMBNAIL_WIDTH = 320
+JPEG_QUALITY = 70
+MIN_INTERVAL_SECS = 2.0
+
+
+class Thumbnailer:
+    """The latest picture of one publisher, as a JPEG when asked."""
+
+    def __init__(self) -> None:
+        self._frame: Any = None  # an av.VideoFrame
+        self._jpeg: bytes | None = None
+        self._made_at = 0.0
+        self.taken_at: float | None = None  # monotonic time of the picture
+
+    def offer(self, frame: Any) -> None:
+        """A decoded video frame arrived (the newest replaces the older)."""
+        self._frame = frame
+        self.taken_at = time.monotonic()
+
+    def jpeg(self) -> bytes | None:
+        """A JPEG of the newest picture (cached for ``MIN_INTERVAL_SECS``), or None."""
+        now = time.monotonic()
+        if self._jpeg is not None and now - self._made_at < MIN_INTERVAL_SECS:
+            return self._jpeg
+        frame = self._frame
+        if frame is None:
+            return self._jpeg
+        image = frame.to_image()  # Pillow: RGB conversion of one frame, not every frame
+        if image.width > THUMBNAIL_WIDTH:
+            height = max(1, round(image.height * THUMBNAIL_WIDTH / image.width))
+            image = image.resize((THUMBNAIL_WIDTH, height))
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=JPEG_QUALITY)
+        self._jpeg = out.getvalue()
+        self._made_at = now
+        self._frame = None  # encoded: keep only the JPEG until a newer picture arrives
+        return self._jpeg
