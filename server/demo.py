@@ -162,7 +162,7 @@ async def seed_demo(app: web.Application) -> dict[str, object]:
     links: dict[str, object] = {
         "clinician": f"{base}/clinician/#token={login_token(users['dr.demo'], settings.secret_key, now)}",
         "oncall": f"{base}/clinician/#token={login_token(users['nurse.demo'], settings.secret_key, now)}",
-        "admin": f"{base}/clinician/#token={login_token(users['admin.demo'], settings.secret_key, now)}",
+        "admin": f"{base}/admin/#token={login_token(users['admin.demo'], settings.secret_key, now)}",
         "login": f"{base}/  (dr.demo, nurse.demo, admin.demo / {DEMO_PASSWORD})",
         "sessions": sessions,
     }

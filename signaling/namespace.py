@@ -169,6 +169,18 @@ class SignalingNamespace(GuardedNamespace):
             "presence": self.presence(session_id),
         }
 
+    async def handle_stop_media(self, sid: str, principal: Principal, data: Any) -> dict[str, Any]:
+        """``stop_media {session_id}`` → ``{session_id}``: a viewer closes its media but stays
+        joined, so it still counts as watching (a roster tile going from live video back to
+        a thumbnail). A new ``offer`` brings the media back."""
+        data = require_fields(data, {"session_id": str})
+        session_id = session_id_of(data)
+        peer = self._peer(sid, session_id)
+        if peer.role != "viewer":
+            raise ClientError("bad_request", "only a viewer stops its media and stays joined")
+        await self._close_media(peer)
+        return {"session_id": session_id}
+
     async def handle_offer(self, sid: str, principal: Principal, data: Any) -> dict[str, Any]:
         """``offer {session_id, type: "offer", sdp}`` → ``{type: "answer", sdp}``."""
         data = require_fields(data, {"session_id": str, "type": str, "sdp": str})

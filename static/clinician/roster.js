@@ -13,9 +13,15 @@
   let me;
   try { me = await Vigil.api("/api/me"); } catch (e) { return Vigil.logout(); }
   $("who").textContent = `${me.name} (${me.role})`;
+  $("admin-link").hidden = me.role !== "admin";
   const signal = Vigil.socket("/signal", refused);
   const monitor = Vigil.socket("/monitor", refused);
   const tiles = new Map();
+  // Above this many sessions, tiles show a thumbnail (refreshed every THUMB_EVERY_MS) and only
+  // the focused tile, or one switched to live, receives video: every live tile is a stream
+  // the server must send and this browser must decode.
+  const LIVE_TILES_MAX = 6;
+  const THUMB_EVERY_MS = 3000;
   const clinical = me.role !== "admin"; // admins watch and answer alarms, not the clock
 
   // -- alarm sound (Web Audio: no file to fetch, works offline) ---------------------------
@@ -72,6 +78,13 @@
       };
       li.appendChild(b);
     }
+    if (withSession && tiles.has(a.session_id)) {
+      const w = document.createElement("button");
+      w.textContent = "Watch"; w.className = "secondary"; w.dataset.watch = a.session_id;
+      w.setAttribute("aria-label", `Watch ${(tiles.get(a.session_id) || {}).name || "the session"} live`);
+      w.onclick = () => jumpTo(a.session_id);
+      li.appendChild(w);
+    }
     if (withSession && a.detail && (a.detail.address || a.detail.sitter_phone)) {
       const d = document.createElement("div");
       d.className = "detail";
@@ -96,14 +109,105 @@
     el.querySelector(".watchers").textContent = `${entry.watchers} watching`;
     const flags = el.querySelector(".flags");
     flags.replaceChildren(...entry.flags.map((f) => chip(f.code.replace(/_/g, " "), f.priority)));
+    el.querySelector(".open-flags").replaceChildren(...(clinical ? entry.flags : []).map((f) => {
+      const b = document.createElement("button");
+      b.className = "secondary"; b.textContent = "Clear";
+      b.setAttribute("aria-label", `Clear the flag ${f.code.replace(/_/g, " ")}`);
+      b.onclick = async () => {
+        const note = prompt(`Clear "${f.code.replace(/_/g, " ")}"? A note for the record (optional):`);
+        if (note === null) return;
+        try {
+          await Vigil.call(monitor, "clear_flag", { session_id: entry.session_id, flag_id: f.flag_id, ...(note ? { note } : {}) });
+          scheduleRefresh();
+        } catch (e) { errorEl.textContent = e.message; }
+      };
+      const span = document.createElement("span");
+      span.className = "flag";
+      span.append(chip(f.code.replace(/_/g, " "), f.priority), b);
+      return span;
+    }));
     el.querySelector(".alarms").replaceChildren(...entry.alarms.map((a) => alarmItem(a, false)));
     const acts = { admit: "lobby", start_dosing: "pre_check", sign_off: "awaiting_signoff" };
     el.querySelectorAll("[data-action]").forEach((b) => {
       const a = b.dataset.action;
       if (acts[a]) b.disabled = entry.phase !== acts[a];
       if (a === "end") b.disabled = ["completed", "ended_early"].includes(entry.phase);
-      if (!clinical && a !== "sound") b.hidden = true;
+      if (!clinical && !["sound", "live"].includes(a)) b.hidden = true;
     });
+    el.querySelectorAll(".clinical").forEach((f) => { f.hidden = !clinical; });
+  }
+
+  // -- live video or thumbnail ----------------------------------------------------------------
+  const many = () => tiles.size > LIVE_TILES_MAX;
+  function applyMode(t) {
+    const live = !many() || t.el.classList.contains("focus") || t.pinned;
+    const liveButton = t.el.querySelector("[data-action=live]");
+    liveButton.hidden = !many() || t.el.classList.contains("focus");
+    liveButton.textContent = t.pinned ? "Thumbnail" : "Live video";
+    liveButton.setAttribute("aria-pressed", String(Boolean(t.pinned)));
+    t.el.classList.toggle("thumb-mode", !live);
+    if (live && !t.media) {
+      t.media = Vigil.media(signal, t.entry.session_id, "viewer", {
+        onTrack: (ev) => { t.stream.addTrack(ev.track); t.video.play().catch(() => {}); },
+        onStatus: (st) => { t.el.dataset.media = st; },
+      });
+    } else if (!live && t.media) {
+      t.media.stop(true); // still joined: a thumbnail on screen is still watching
+      t.media = null;
+      t.stream.getTracks().forEach((track) => t.stream.removeTrack(track));
+      t.el.dataset.media = "thumbnail";
+    }
+    if (!live && Date.now() - (t.thumbAt || 0) > 1000) refreshThumb(t);
+    $("roster").classList.toggle("many", many());
+  }
+  async function refreshThumb(t) {
+    t.thumbAt = Date.now();
+    if (!t.entry.publisher_online) return; // no picture to fetch; the tile says "offline"
+    try {
+      const url = await Vigil.image(`/api/sessions/${t.entry.session_id}/thumbnail`);
+      if (!url) return;
+      const img = t.el.querySelector(".thumb");
+      if (img.src) URL.revokeObjectURL(img.src);
+      img.src = url; img.hidden = false;
+      t.el.querySelector(".nopic").hidden = true;
+      img.alt = `${t.name}, picture of ${new Date().toLocaleTimeString()}`;
+      t.el.dataset.thumbAt = String(Date.now());
+    } catch (e) { /* the next refresh tries again */ }
+  }
+  setInterval(() => {
+    for (const t of tiles.values()) if (t.el.classList.contains("thumb-mode")) refreshThumb(t);
+  }, THUMB_EVERY_MS);
+
+  function setFocus(t, on) {
+    t.el.classList.toggle("focus", on);
+    t.el.querySelector(".name").setAttribute("aria-expanded", String(on));
+    // Focus is a click or a key press (a user gesture), so sound may start.
+    t.video.muted = !on;
+    t.el.querySelector("[data-action=sound]").textContent = t.video.muted ? "Sound on" : "Sound off";
+    if (on) {
+      loadCatalogue(t);
+      t.el.scrollIntoView({ block: "start" });
+    }
+    applyMode(t);
+  }
+  async function loadCatalogue(t) {
+    if (t.catalogue) return;
+    try {
+      const s = await Vigil.api(`/api/sessions/${t.entry.session_id}`);
+      t.catalogue = s.protocol.flags;
+      t.el.querySelector(".flag-form select").replaceChildren(...t.catalogue.map((f) => {
+        const o = document.createElement("option");
+        o.value = f.code; o.textContent = `${f.label} (${f.priority})`;
+        return o;
+      }));
+    } catch (e) { errorEl.textContent = e.message; }
+  }
+  function jumpTo(sessionId) {
+    const t = tiles.get(sessionId);
+    if (!t) return;
+    if (!t.el.classList.contains("focus")) setFocus(t, true);
+    t.el.scrollIntoView({ block: "start" });
+    t.el.querySelector(".name").focus();
   }
 
   function addTile(entry) {
@@ -111,15 +215,12 @@
     el.dataset.sessionId = entry.session_id;
     el.querySelector(".name").textContent = entry.patient.display_name;
     $("roster").appendChild(el);
-    const t = { el, entry, at: Date.now(), name: entry.patient.display_name, seen: new Set() };
-    tiles.set(entry.session_id, t);
     const video = el.querySelector("video");
     const stream = new MediaStream();
     video.srcObject = stream;
-    Vigil.media(signal, entry.session_id, "viewer", {
-      onTrack: (ev) => { stream.addTrack(ev.track); video.play().catch(() => {}); },
-      onStatus: (st) => { el.dataset.media = st; },
-    });
+    const t = { el, entry, at: Date.now(), name: entry.patient.display_name, video, stream, media: null, pinned: false };
+    tiles.set(entry.session_id, t);
+    Vigil.watch(signal, entry.session_id);
     Vigil.follow(monitor, entry.session_id, {
       onError: (e) => { errorEl.textContent = e.message; },
       onState: (state) => { t.entry = { ...t.entry, ...state }; render(t, t.entry); },
@@ -132,8 +233,29 @@
       },
     });
     setTimeout(() => { t.ready = true; }, 2000); // replayed history does not beep
-    el.querySelector(".name").addEventListener("click", () => el.classList.toggle("focus"));
-    el.querySelector(".name").addEventListener("keydown", (e) => { if (e.key === "Enter") el.classList.toggle("focus"); });
+    const name = el.querySelector(".name");
+    name.setAttribute("role", "button");
+    name.setAttribute("aria-expanded", "false");
+    name.addEventListener("click", () => setFocus(t, !el.classList.contains("focus")));
+    name.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); setFocus(t, !el.classList.contains("focus")); }
+    });
+    el.querySelector(".vitals-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = e.target.elements;
+      const body = { session_id: entry.session_id, client_id: crypto.randomUUID(), systolic: Number(f.systolic.value), diastolic: Number(f.diastolic.value) };
+      if (f.heart_rate.value) body.heart_rate = Number(f.heart_rate.value);
+      try { await Vigil.call(monitor, "record_vitals", body); e.target.reset(); scheduleRefresh(); }
+      catch (err) { errorEl.textContent = err.message; }
+    });
+    el.querySelector(".flag-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = e.target.elements;
+      const body = { session_id: entry.session_id, client_id: crypto.randomUUID(), code: f.code.value };
+      if (f.note.value.trim()) body.note = f.note.value;
+      try { await Vigil.call(monitor, "raise_flag", body); f.note.value = ""; scheduleRefresh(); }
+      catch (err) { errorEl.textContent = err.message; }
+    });
     el.querySelector(".note-form").addEventListener("submit", async (e) => {
       e.preventDefault();
       const input = e.target.elements.text;
@@ -144,6 +266,7 @@
     el.querySelectorAll("[data-action]").forEach((b) => b.addEventListener("click", async () => {
       const action = b.dataset.action;
       if (action === "sound") { video.muted = !video.muted; b.textContent = video.muted ? "Sound on" : "Sound off"; return; }
+      if (action === "live") { t.pinned = !t.pinned; applyMode(t); return; }
       try {
         if (action === "request_checkin") { await Vigil.call(monitor, "request_checkin", { session_id: entry.session_id }); return; }
         const body = { session_id: entry.session_id, action };
@@ -166,6 +289,7 @@
       } catch (e) { errorEl.textContent = e.message; }
     }));
     render(t, entry);
+    applyMode(t);
   }
 
   // -- roster snapshot, refreshed (at most twice a second) after events ---------------------
@@ -184,6 +308,7 @@
     }
     // Most urgent first (the server's order).
     sessions.forEach((entry) => $("roster").appendChild(tiles.get(entry.session_id).el));
+    for (const t of tiles.values()) applyMode(t);
     if (boardOn) await refreshBoard();
   }
 

@@ -148,20 +148,41 @@ const Vigil = (() => {
       status(reason);
     }
 
-    sock.on("connect", () => negotiate().catch(report));
-    sock.on("peer_failed", (d) => { if (d.session_id === sessionId) negotiate().catch(report); });
-    // Another tab or device of the same patient took over: stop, do not take it back.
-    sock.on("replaced", (d) => { if (d.session_id === sessionId) halt("replaced"); });
-    sock.on("session_ended", (d) => { if (d.session_id === sessionId) halt("ended"); });
+    const handlers = {
+      connect: () => negotiate().catch(report),
+      peer_failed: (d) => { if (d.session_id === sessionId) negotiate().catch(report); },
+      // Another tab or device of the same patient took over: stop, do not take it back.
+      replaced: (d) => { if (d.session_id === sessionId) halt("replaced"); },
+      session_ended: (d) => { if (d.session_id === sessionId) halt("ended"); },
+    };
+    for (const [event, fn] of Object.entries(handlers)) sock.on(event, fn);
     if (sock.connected) negotiate().catch(report);
     return {
-      stop() {
+      // stay = true: close the media but stay joined (still watching, e.g. as a thumbnail).
+      stop(stay = false) {
         stopped = true;
+        clearTimeout(retryTimer);
+        for (const [event, fn] of Object.entries(handlers)) sock.off(event, fn);
         if (pc) pc.close();
-        if (sock.connected) sock.emit("leave", { session_id: sessionId });
+        if (sock.connected) sock.emit(stay ? "stop_media" : "leave", { session_id: sessionId });
       },
       get pc() { return pc; },
     };
+  }
+
+  // Join a session as a viewer without media (a roster thumbnail): the server counts this
+  // connection as watching; joined again after every reconnect.
+  function watch(sock, sessionId) {
+    const join = () => call(sock, "join", { session_id: sessionId, as: "viewer" }).catch(() => {});
+    sock.on("connect", join);
+    if (sock.connected) join();
+  }
+
+  // A picture from the API (Bearer token, so not a plain <img src>): an object URL, or null.
+  async function image(path) {
+    const res = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+    if (!res.ok) return null;
+    return URL.createObjectURL(await res.blob());
   }
 
   // Follow a session's events over /monitor from a cursor. onState gets each state snapshot
@@ -255,5 +276,5 @@ const Vigil = (() => {
     return `${String(Math.floor(total / 60)).padStart(2, "0")}:${String(total % 60).padStart(2, "0")}`;
   }
 
-  return { token, requireToken, logout, api, socket, call, media, follow, PHASES, sinceDose };
+  return { token, requireToken, logout, api, socket, call, media, watch, image, follow, PHASES, sinceDose };
 })();
