@@ -22,6 +22,7 @@
   // the server must send and this browser must decode.
   const LIVE_TILES_MAX = 6;
   const THUMB_EVERY_MS = 3000;
+  const ROSTER_EVERY_MS = 10000;
   const clinical = me.role !== "admin"; // admins watch and answer alarms, not the clock
 
   // -- alarm sound (Web Audio: no file to fetch, works offline) ---------------------------
@@ -220,7 +221,7 @@
     video.srcObject = stream;
     const t = { el, entry, at: Date.now(), name: entry.patient.display_name, video, stream, media: null, pinned: false };
     tiles.set(entry.session_id, t);
-    Vigil.watch(signal, entry.session_id);
+    t.watch = Vigil.watch(signal, entry.session_id);
     Vigil.follow(monitor, entry.session_id, {
       onError: (e) => { errorEl.textContent = e.message; },
       onState: (state) => { t.entry = { ...t.entry, ...state }; render(t, t.entry); },
@@ -306,6 +307,15 @@
       const t = tiles.get(entry.session_id);
       if (t) render(t, entry); else addTile(entry);
     }
+    // Sessions that ended or were reassigned leave the wall.
+    const open = new Set(sessions.map((e) => e.session_id));
+    for (const [sid, t] of tiles) {
+      if (open.has(sid)) continue;
+      if (t.media) t.media.stop();
+      t.watch.stop();
+      t.el.remove();
+      tiles.delete(sid);
+    }
     // Most urgent first (the server's order).
     sessions.forEach((entry) => $("roster").appendChild(tiles.get(entry.session_id).el));
     for (const t of tiles.values()) applyMode(t);
@@ -345,4 +355,7 @@
     });
   }, 500);
   await refresh();
+  // Events refresh the wall at once; this catches what no followed session announces (a new
+  // session scheduled for me, a watcher count changed by someone else) within ROSTER_EVERY_MS.
+  setInterval(refresh, ROSTER_EVERY_MS);
 })();

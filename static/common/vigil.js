@@ -176,6 +176,12 @@ const Vigil = (() => {
     const join = () => call(sock, "join", { session_id: sessionId, as: "viewer" }).catch(() => {});
     sock.on("connect", join);
     if (sock.connected) join();
+    return {
+      stop() {
+        sock.off("connect", join);
+        if (sock.connected) sock.emit("leave", { session_id: sessionId });
+      },
+    };
   }
 
   // A picture from the API (Bearer token, so not a plain <img src>): an object URL, or null.
