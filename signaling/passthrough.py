@@ -128,12 +128,14 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
 def is_keyframe(codec_name: str, data: bytes) -> bool:
     """Whether *data* (one depayloaded frame) decodes on its own.
 
-    VP8: the frame tag's bit 0 is 0 for a key frame (RFC 6386 §9.1). H.264 (Annex B, as
-    aiortc depayloads it): an IDR slice or a sequence parameter set. Audio frames always do.
+    VP8: the frame tag's bit 0 is 0 for a key frame (RFC 6386 §9.1), and the key frame start
+    code follows: the jitter buffer can emit a frame missing its first packets (when a stream
+    is joined mid-frame), whose first byte is then arbitrary. H.264 (Annex B, as aiortc
+    depayloads it): an IDR slice or a sequence parameter set. Audio frames always do.
     """
     name = codec_name.lower()
     if name == "vp8":
-        return len(data) > 0 and data[0] & 0x01 == 0
+        return vp8_keyframe_size(data) is not None
     if name == "h264":
         for chunk in data.split(b"\x00\x00\x01")[1:]:
             if chunk and chunk[0] & 0x1F in (5, 7):

@@ -78,6 +78,8 @@ def test_vp8_key_frame_header() -> None:
     scaled = header[:6] + b"\x40\x41\xf0\xc0"
     assert vp8_keyframe_size(scaled) == (320, 240)
     assert vp8_keyframe_size(b"\x10\x02") is None
+    # The tail of a frame whose first packets were lost is no key frame, whatever its bit 0.
+    assert not is_keyframe("VP8", b"\x10\x02\x00\x11\x22\x33\x40\x01\xf0\x00")
     assert is_keyframe("H264", b"\x00\x00\x00\x01\x67\x42") and not is_keyframe(
         "H264", b"\x00\x00\x00\x01\x41\x9a"
     )
