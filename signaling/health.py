@@ -1,8 +1,9 @@
 """Per-publisher media health: frames per second, bitrate, seconds since the last frame.
 
-The relay feeds a :class:`MediaHealthMeter` as frames arrive; the rest of the server reads
-immutable :class:`MediaHealth` snapshots (the monitoring issue raises "video lost" from
-``seconds_since_video``).
+The relay feeds a :class:`MediaHealthMeter` as frames arrive: encoded frames, as they are
+forwarded (nothing is decoded for health; the relay reads the size from VP8 key frame headers).
+The rest of the server reads immutable :class:`MediaHealth` snapshots (the monitoring issue
+raises "video lost" from ``seconds_since_video``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class MediaHealthMeter:
         self._last_sample: tuple[int, float, int] | None = None  # (pc id, time, bytes)
 
     def video_frame(self, width: int, height: int) -> None:
-        """A decoded video frame arrived."""
+        """A video frame arrived (*width* × *height*: the latest known size, 0 if unknown)."""
         now = time.monotonic()
         self._last_video = now
         self._frames += 1
@@ -60,7 +61,7 @@ class MediaHealthMeter:
             self._video_times.popleft()
 
     def audio_frame(self) -> None:
-        """A decoded audio frame arrived."""
+        """An audio frame arrived."""
         self._last_audio = time.monotonic()
 
     def transport_sample(self, pc_id: int, bytes_received: int, packets: int, lost: int) -> None:

@@ -199,21 +199,21 @@ class SignalingNamespace(GuardedNamespace):
         pc = make_peer_connection(self.ice_servers)
         tracks: tuple[RelayTrack, RelayTrack] | None = None
         try:
+            # Both before the offer is applied: the codecs the answer allows are chosen then
+            # (the relay forwards VP8/Opus as they arrive; anything else is re-encoded).
             if peer.role == "publisher":
-                self.relay.attach(session_id, pc)
+                self.relay.attach(session_id, pc, offer_sdp=data["sdp"])
             else:
                 # A viewer's offer may send media too (a browser with a camera on); nothing
                 # relays it, but every received track must be read.
                 pc.on("track", self.relay.discard)
+                tracks = self.relay.subscribe(session_id)
+                self.relay.serve_viewer(session_id, pc, tracks, data["sdp"])
             await pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="offer"))
             if peer.role == "viewer":
                 kinds = {t.kind for t in pc.getTransceivers()}
                 if "video" not in kinds:
                     raise ClientError("bad_sdp", "a viewer's offer must receive video")
-                tracks = self.relay.subscribe(session_id)
-                for track in tracks:
-                    if track.kind in kinds:
-                        pc.addTrack(track)
             # setLocalDescription gathers every ICE candidate before returning.
             await pc.setLocalDescription(await pc.createAnswer())
         except ClientError:

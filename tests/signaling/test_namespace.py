@@ -77,6 +77,12 @@ async def test_publisher_two_viewers_late_viewer_and_reconnect(world: World) -> 
         await w1.until(lambda: len(w1.frames) >= 10 and w1.sees(RED))
         await w2.until(lambda: len(w2.frames) >= 10 and w2.sees(RED))
         assert w1.audio > 0
+        # The server forwards what the patient sends: every viewer track, nothing decoded.
+        from server.keys import RELAY
+
+        relay = world.app[RELAY]
+        assert relay.forwarded_tracks == relay.relayed_tracks == 4
+        assert not relay.publication(s1).feeds["video"].decoding
 
         # A viewer arriving later decodes as well (it was sent a key frame first).
         late = await _client(world, "admin")
@@ -416,6 +422,50 @@ async def test_media_sent_by_a_viewer_is_read_and_dropped(world: World) -> None:
         await watcher.until(lambda: own_camera.frames_sent >= 20)
         drains = world.app[RELAY]._drains
         assert len(drains) == 1 and not next(iter(drains)).done()
+    finally:
+        watcher.stop()
+        await pc.close()
+        await patient.close()
+        await clinician.close()
+
+
+async def test_a_viewer_that_cannot_take_vp8_is_served_by_re_encoding(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from aiortc import RTCRtpSender, RTCSessionDescription
+
+    from server.keys import RELAY
+    from signaling.peer import make_peer_connection
+
+    s1 = world.sessions["s1"]
+    patient = await _client(world, "pat1")
+    clinician = await _client(world, "clin_a")
+    watcher = Watcher()
+    pc = make_peer_connection()
+    try:
+        await patient.publish(s1, [ToneAudioTrack(), PatternVideoTrack("P", background=RED)])
+        await clinician.join(s1, "viewer")
+        pc.addTransceiver("audio", direction="recvonly")
+        video = pc.addTransceiver("video", direction="recvonly")
+        video.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == "H264"]
+        )
+        pc.on("track", watcher.on_track)
+        await pc.setLocalDescription(await pc.createOffer())
+        with caplog.at_level(logging.INFO, logger="signaling.relay"):
+            answer = await clinician.call(
+                "offer", {"session_id": s1, "type": "offer", "sdp": pc.localDescription.sdp}
+            )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await watcher.until(lambda: len(watcher.frames) >= 5 and watcher.sees(RED))
+        relay = world.app[RELAY]
+        # Audio (Opus) is still forwarded; video is decoded once and re-encoded for this viewer.
+        assert relay.relayed_tracks == 2 and relay.forwarded_tracks == 1
+        assert relay.publication(s1).feeds["video"].decoding
+        logged = [r for r in caplog.records if "re-encoding" in r.getMessage()]
+        assert len(logged) == 1 and getattr(logged[0], "kind", None) == "video"
     finally:
         watcher.stop()
         await pc.close()
