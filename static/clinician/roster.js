@@ -317,7 +317,14 @@
       tiles.delete(sid);
     }
     // Most urgent first (the server's order).
-    sessions.forEach((entry) => $("roster").appendChild(tiles.get(entry.session_id).el));
+    // Only when the order changed: moving an element takes the keyboard focus out of it.
+    const wall = $("roster");
+    const order = sessions.map((entry) => tiles.get(entry.session_id).el);
+    if (order.some((el, i) => wall.children[i] !== el)) {
+      const focused = document.activeElement;
+      order.forEach((el) => wall.appendChild(el));
+      if (focused && wall.contains(focused)) focused.focus({ preventScroll: true });
+    }
     for (const t of tiles.values()) applyMode(t);
     if (boardOn) await refreshBoard();
   }

@@ -90,6 +90,7 @@ const Vigil = (() => {
       if (stopped || !sock.connected) return;
       status("joining");
       const joined = await call(sock, "join", { session_id: sessionId, as: role });
+      if (stopped) return;
       if (pc) pc.close();
       pc = new RTCPeerConnection({ iceServers: joined.ice_servers });
       const mine = pc;
@@ -110,7 +111,7 @@ const Vigil = (() => {
       try {
         await mine.setLocalDescription(await mine.createOffer());
         await gathered(mine);
-        if (mine !== pc) return;
+        if (mine !== pc || stopped) return; // superseded, or stopped while gathering
         const answer = await call(sock, "offer", {
           session_id: sessionId, type: "offer", sdp: mine.localDescription.sdp,
         });

@@ -235,7 +235,11 @@ async def test_a_wall_of_twelve_sessions_shows_thumbnails_and_live_video_in_focu
     # Focus: live video with the focus view's actions; unfocus: back to a thumbnail.
     sam = tile(roster, "Sam Okafor")
     await sam.locator(".name").click()
-    await wait_for_picture(sam.locator("video"), BROWSER_PATIENT_SECS)
+    try:
+        await wait_for_picture(sam.locator("video"), BROWSER_PATIENT_SECS)
+    except AssertionError:
+        print("tile media status:", await sam.get_attribute("data-media"))
+        raise
     await assert_advancing(sam.locator("video"))
     assert await sam.locator("video").evaluate("v => v.muted") is False  # sound in focus
     await sam.locator(".vitals-form").wait_for(state="visible")
