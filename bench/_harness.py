@@ -60,6 +60,31 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLK_TCK
 
 
+def cpu_of_matching(needle: str) -> dict[int, float]:
+    """CPU seconds of every process whose command line contains *needle*, by pid.
+
+    Used for the helpers a server leans on and that its own CPU time does not include:
+    PostgreSQL backends (their command line names the database) and ``redis-server``.
+    """
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if needle in cmdline:
+                out[int(entry.name)] = cpu_seconds(int(entry.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two :func:`cpu_of_matching` readings by the processes alive at the
+    second (a process that ended in between is missed: an approximation, said so where shown)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The *q*-th percentile (0-100) by the nearest-rank method; ``None`` for no values."""
     if not values:
