@@ -136,6 +136,18 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (children inherit it): a
+    thousand sockets on each side do not fit the common default of 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def machine() -> dict[str, Any]:
     """What the figures depend on besides the code: cores and how busy the machine already was."""
     return {

@@ -62,6 +62,7 @@ from bench._harness import (
     log,
     machine,
     profiled,
+    raise_fd_limit,
     running_server,
     seed,
     server_env,
@@ -575,10 +576,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON."""
     args = parse_args(argv)
+    raise_fd_limit()
     started = time.time()
     env = machine()
     results = asyncio.run(main_async(args))
     print_table(results)
+    print(f"load average before the run: {env['loadavg_at_start']} on {env['cpus']} CPUs")
     path = write_results(
         "event_latency",
         {

@@ -36,6 +36,7 @@ from bench._harness import (
     fresh_database,
     log,
     machine,
+    raise_fd_limit,
     running_server,
     seed,
     server_env,
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     args = parse_args(argv)
+    raise_fd_limit()
     started = time.time()
     env = machine()
     result = asyncio.run(run(args))
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         f"server CPU {result['server_cpu_secs']} s; {result['joins_with_stale_frame']} first "
         "showed a frame of the previous publisher (not counted)"
     )
+    print(f"load average before the run: {env['loadavg_at_start']} on {env['cpus']} CPUs")
     for failure in result["failed"]:
         print(f"  join {failure['join']}: {failure['error']}")
     path = write_results(
