@@ -31,6 +31,12 @@ everything else has, or ``--drain`` seconds after the storm, is *lost*; the same
 from the start of the storm to the end of the drain. Results are printed as a table and
 written to ``bench/results/event_latency.json``.
 
+Sessions stay in the lobby: ``raise_flag`` is accepted in every phase before the end, and the
+path of a flag (command, transaction, bus, fan-out) does not depend on the phase. What the
+lobby leaves out is the background work of live sessions: in ``dosing``/``active`` the
+technical monitor judges every session each second and check-ins fall due — and patients
+who do not publish video would raise a ``patient_disconnected`` alarm each.
+
 Patients and receivers run in separate processes (``--patient-procs`` for more senders) so
 that a busy sender loop does not delay the receivers' time stamps; on a 2-core machine the
 server, the senders and the receivers still share the cores, which the figures include.

@@ -18,6 +18,15 @@ seen no video for ``--quiet`` seconds, so the frame that stops the clock is the 
 (a frame is counted only if its background matches). Reported: p50 / p95 / max of
 join → answer applied (the patient's signalling) and join → first decoded frame at the viewer;
 printed as a table and written to ``bench/results/join_time.json``.
+
+The patient and the viewer are one client process (aiortc encodes and decodes on worker
+threads). Two things to know when reading the figures: aiortc's jitter buffer completes a
+frame only when the first packet of the *next* frame arrives, and it sits both in the server's
+publisher-side receiver and in this viewer, so about two frame intervals (2/15 s at the default
+``--fps 15``) are part of every figure; a browser viewer completes a frame on the RTP marker
+bit. That is also why, right after a join, this viewer usually first decodes one frame of the
+*previous* publisher (its last frame, released by the new one's first packet): such frames are
+listed per join as ``stale_frames`` and never stop the clock.
 """
 
 from __future__ import annotations
@@ -123,7 +132,7 @@ async def _until(predicate: Any, timeout: float) -> bool:
 
 
 async def one_join(
-    url: str, token: str, session_id: str, viewer: Viewer, i: int, quiet: float
+    url: str, token: str, session_id: str, viewer: Viewer, i: int, quiet: float, fps: float
 ) -> dict[str, Any]:
     """Connect a patient, time join → answer → first matching frame at *viewer*, leave."""
     from signaling.client import SignalingClient
@@ -136,7 +145,7 @@ async def one_join(
     patient = SignalingClient(url, token, reconnect=False)
     c0 = time.time()
     await patient.connect()
-    video = PatternVideoTrack(f"join {i}", width=WIDTH, height=HEIGHT, background=colour)
+    video = PatternVideoTrack(f"join {i}", width=WIDTH, height=HEIGHT, fps=fps, background=colour)
     audio = ToneAudioTrack()
     out: dict[str, Any] = {"join": i, "connect_ms": round((time.time() - c0) * 1000, 1)}
     try:
@@ -184,7 +193,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 for i in range(args.joins):
                     sample = await one_join(
-                        server.url, patient_token, session_id, viewer, i, args.quiet
+                        server.url, patient_token, session_id, viewer, i, args.quiet, args.fps
                     )
                     samples.append(sample)
                     log(
@@ -203,6 +212,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "succeeded": len(ok),
         "failed": [s for s in samples if "error" in s],
         "size": f"{WIDTH}x{HEIGHT}",
+        "fps": args.fps,
         "join_to_answer": summarize_ms(
             [s["answer_ms"] / 1000 for s in samples if "answer_ms" in s]
         ),
@@ -227,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="seconds without video at the viewer before each join (default 0.5)",
     )
+    p.add_argument("--fps", type=float, default=15.0, help="the patient's frame rate (default 15)")
     p.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL)
     args = p.parse_args(argv)
     if args.joins < 1:
