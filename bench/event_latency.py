@@ -409,6 +409,7 @@ async def _drive(
         clinicians,
     ) | {
         # Approximate: a backend that closed before the end of the drain is not counted.
+        "connect_secs": round(max(r["connect_secs"] for r in ready), 1),
         "postgres_cpu_secs": None if pg_cpu is None else round(pg_cpu, 2),
         "redis_cpu_secs": None if redis_cpu is None else round(redis_cpu, 2),
     }
