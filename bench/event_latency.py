@@ -53,7 +53,6 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from bench._harness import (
@@ -338,9 +337,7 @@ async def run_one(args: argparse.Namespace, bus: str) -> dict[str, Any]:
                 for chunk in chunks
             ]
             try:
-                return await _drive(
-                    args, bus, server, workers, owner_of, seeded, clinicians, db.pg_name
-                )
+                return await _drive(args, bus, server, workers, owner_of, clinicians, db.pg_name)
             finally:
                 for w in workers:
                     await asyncio.to_thread(w.stop)
@@ -352,10 +349,10 @@ async def _drive(
     server: Any,
     workers: list[Worker],
     owner_of: dict[str, int],
-    seeded: Any,
     clinicians: int,
     pg_name: str | None,
 ) -> dict[str, Any]:
+    """Connect the clients, start the storm, tell the receivers what to expect, summarise."""
     receivers, senders = workers[0], workers[1:]
     ready = await asyncio.gather(*(w.expect("ready", READY_TIMEOUT_SECS) for w in workers))
     connect_errors = [e for r in ready for e in r["errors"]]
@@ -373,8 +370,9 @@ async def _drive(
     client_cpu_before = sum(w.cpu() for w in workers)
     for w in workers:
         w.conn.send(("go", t0))
-    profile_out = RESULTS_DIR / f"event_latency_{bus}.svg" if args.profile else None
-    with profiled(server.pid if args.profile else None, profile_out or Path(), int(args.storm) + 3):
+    # The storm and a little of the backlog it leaves; one flame graph per bus.
+    profile_out = RESULTS_DIR / f"event_latency_{bus}.svg"
+    with profiled(server.pid if args.profile else None, profile_out, int(args.storm) + 3):
         done = await asyncio.gather(
             *(w.expect("done", args.storm + CALL_TIMEOUT_SECS + 30) for w in senders)
         )
