@@ -50,6 +50,40 @@ async def test_events_reach_every_subscriber_in_order(bus_pair: tuple[EventBus, 
             await asyncio.sleep(0.01)
     assert [e["seq"] for e in got_a] == list(range(1, 51))
     assert [e["seq"] for e in got_b] == list(range(1, 51))
+    await asyncio.sleep(0.3)  # nothing more comes: each event once, the publisher's included
+    assert len(got_a) == len(got_b) == 50
+
+
+async def test_the_publishing_process_delivers_before_publish_returns(
+    bus_pair: tuple[EventBus, EventBus],
+) -> None:
+    """Its own followers do not wait for a round trip through Redis (or anything else)."""
+    a, _ = bus_pair
+    got = await _collect(a)
+    await a.publish({"session_id": "s", "seq": 1, "type": "flag_raised", "data": {"x": 1}})
+    assert got == [{"session_id": "s", "seq": 1, "type": "flag_raised", "data": {"x": 1}}]
+
+
+async def test_a_foreign_or_garbled_message_is_dropped_not_fatal(redis_url: str) -> None:
+    """Anything else on the channel is logged and skipped; the bus keeps delivering."""
+    import redis.asyncio as aioredis
+
+    channel = "vigil:test:garbled"
+    bus = RedisBus(redis_url, channel)
+    await bus.start()
+    got = await _collect(bus)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        for junk in ("not json", '{"event": {"seq": 1}}', '{"origin": "x"}'):
+            await raw.publish(channel, junk)
+        await raw.publish(channel, '{"origin": "other", "event": {"seq": 2}}')
+        async with asyncio.timeout(5):
+            while not got:
+                await asyncio.sleep(0.01)
+        assert got == [{"seq": 2}]
+    finally:
+        await raw.aclose()
+        await bus.stop()
 
 
 async def test_a_failing_subscriber_does_not_starve_the_others(
