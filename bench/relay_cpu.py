@@ -246,23 +246,10 @@ def make_video_track() -> Any:
             super().__init__("vigil bench", width=WIDTH, height=HEIGHT, fps=FPS)
             self._pictures = noisy_pictures()
 
-        def _draw(self) -> Any:  # never called: recv() below replaces the drawing
-            raise NotImplementedError
-
-        async def recv(self) -> VideoFrame:
-            if self._start is None:
-                self._start = time.monotonic()
-            due = self._start + self.frames_sent / self.fps
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        def _picture(self) -> VideoFrame:
             # A new frame object each time: the encoder marks a frame it must make a key frame.
             picture = self._pictures[self.frames_sent % len(self._pictures)]
-            frame = VideoFrame.from_ndarray(picture, format="yuv420p")
-            frame.pts = int(self.frames_sent * VIDEO_CLOCK_RATE / self.fps)
-            frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
-            self.frames_sent += 1
-            return frame
+            return VideoFrame.from_ndarray(picture, format="yuv420p")
 
     return NoisyPatternTrack()
 

@@ -30,6 +30,19 @@ class AccountError(ValueError):
         self.message = message
 
 
+def user_json(user: User) -> dict[str, Any]:
+    """An account as the API shows it (never the password hash)."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "role": user.role,
+        "clinic_id": user.clinic_id,
+        "active": user.active,
+        "has_password": user.password_hash is not None,
+    }
+
+
 async def get_or_create_clinic(db: AsyncSession, name: str) -> Clinic:
     """The clinic called *name*, created with the default protocol if missing."""
     clinic = (await db.execute(select(Clinic).where(Clinic.name == name))).scalar_one_or_none()

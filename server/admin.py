@@ -33,19 +33,6 @@ def _require_admin(p: Principal) -> None:
         raise ClientError("forbidden", "only the clinic's admins do this")
 
 
-def user_json(user: User) -> dict[str, Any]:
-    """An account as the API shows it (never the password hash)."""
-    return {
-        "id": user.id,
-        "username": user.username,
-        "display_name": user.display_name,
-        "role": user.role,
-        "clinic_id": user.clinic_id,
-        "active": user.active,
-        "has_password": user.password_hash is not None,
-    }
-
-
 async def list_users(request: web.Request) -> web.Response:
     """``GET /api/users[?role=R]`` → the clinic's accounts (admins: everyone; other staff: the
     patients and clinicians they schedule sessions with)."""
@@ -62,7 +49,7 @@ async def list_users(request: web.Request) -> web.Response:
         query = query.where(User.role == role)
     async with request.app[SESSIONMAKER]() as db:
         users = (await db.execute(query.limit(MAX_USERS_LISTED))).scalars().all()
-    return web.json_response({"users": [user_json(u) for u in users]})
+    return web.json_response({"users": [accounts.user_json(u) for u in users]})
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -86,7 +73,7 @@ async def create_user(request: web.Request) -> web.Response:
             display_name=data["display_name"],
             password=data.get("password") or None,
         )
-        body = user_json(user)
+        body = accounts.user_json(user)
     log.info("user created", extra={"who": p.subject, "user": body["id"]})
     return web.json_response(body, status=201)
 
@@ -128,7 +115,7 @@ async def update_user(request: web.Request) -> web.Response:
             user.password_hash = hash_password(data["password"])
         if "active" in data:
             user.active = data["active"]
-        body = user_json(user)
+        body = accounts.user_json(user)
     # Which fields changed, never their values (a password must not reach a log).
     log.info("user updated", extra={"who": p.subject, "user": user_id, "fields": sorted(data)})
     return web.json_response(body)

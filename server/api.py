@@ -122,16 +122,6 @@ async def principal_of(request: web.Request) -> Principal:
     return await request.app[GATE].authenticate(token)
 
 
-def _user_json(user: User) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "username": user.username,
-        "display_name": user.display_name,
-        "role": user.role,
-        "clinic_id": user.clinic_id,
-    }
-
-
 async def login(request: web.Request) -> web.Response:
     """``POST /api/login {username, password}`` → ``{token, user}``."""
     data = require_fields(await json_body(request), {"username": str, "password": str})
@@ -143,7 +133,7 @@ async def login(request: web.Request) -> web.Response:
         raise ClientError("bad_credentials", "wrong username or password")
     token = login_token(user, request.app[SETTINGS].secret_key, request.app[CLOCK].now())
     log.info("login", extra={"who": f"user:{user.id}"})
-    return web.json_response({"token": token, "user": _user_json(user)})
+    return web.json_response({"token": token, "user": accounts.user_json(user)})
 
 
 async def me(request: web.Request) -> web.Response:

@@ -60,6 +60,10 @@ class PatternVideoTrack(MediaStreamTrack):
         draw.text((10, self.height - self.height // 8), stamp, fill=(255, 255, 0), font=self._font)
         return img
 
+    def _picture(self) -> VideoFrame:
+        """This frame's picture (a subclass may supply pictures drawn in advance)."""
+        return VideoFrame.from_ndarray(np.asarray(self._draw()), format="rgb24")
+
     async def recv(self) -> VideoFrame:
         """The next frame, paced at ``fps``."""
         if self._start is None:
@@ -68,7 +72,7 @@ class PatternVideoTrack(MediaStreamTrack):
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        frame = VideoFrame.from_ndarray(np.asarray(self._draw()), format="rgb24")
+        frame = self._picture()
         frame.pts = int(self.frames_sent * VIDEO_CLOCK_RATE / self.fps)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
         self.frames_sent += 1
