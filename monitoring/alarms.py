@@ -20,7 +20,6 @@ and reaches the clinic's on-call board.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +30,7 @@ from sqlalchemy import func, select
 from monitoring.clock import Clock
 from monitoring.events import EventStore, Transaction
 from monitoring.protocol import Escalation, Level, Priority, Protocol
+from monitoring.scheduler import Wake
 from server.models import Alarm
 from server.models import Session as SessionRow
 
@@ -88,7 +88,7 @@ class Alarms:
 
     store: EventStore
     clock: Clock
-    wake: asyncio.Event | None = None
+    wake: Wake | None = None
 
     async def _open(self, tx: Transaction, session_id: str, dedup_key: str) -> Alarm | None:
         return (
@@ -217,7 +217,7 @@ class Alarms:
 
     def _nudge(self, alarm: Alarm) -> None:
         if alarm.next_step_at is not None and self.wake is not None:
-            self.wake.set()
+            self.wake.set(alarm.next_step_at)
 
     async def _locked(self, tx: Transaction, alarm_id: str) -> Alarm:
         session_id = (

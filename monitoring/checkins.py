@@ -10,7 +10,6 @@ triggers — a dead-man's switch. A late answer clears the alarm's condition.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from monitoring.clock import Clock
 from monitoring.events import EventStore, Transaction, run_command
 from monitoring.flags import FlagError, Flags, live_session
 from monitoring.protocol import Priority, Protocol
+from monitoring.scheduler import Wake
 from server.models import CheckIn, Event, Phase
 from server.models import Session as SessionRow
 
@@ -49,7 +49,7 @@ class CheckIns:
     clock: Clock
     alarms: Alarms
     flags: Flags
-    wake: asyncio.Event | None = None
+    wake: Wake | None = None
 
     def _new(self, row: SessionRow, kind: str, due: datetime, proto: Protocol) -> CheckIn:
         return CheckIn(

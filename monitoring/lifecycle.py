@@ -11,7 +11,6 @@ restarted process resumes every session where it was.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from sqlalchemy import func, select
 from monitoring.clock import Clock
 from monitoring.events import EventStore, Transaction
 from monitoring.protocol import Protocol
+from monitoring.scheduler import Wake
 from monitoring.vitals import dosing_blockers, latest_precheck_vitals
 from server.models import Alarm, Flag, Phase
 from server.models import Session as SessionRow
@@ -100,7 +100,7 @@ class Lifecycle:
 
     store: EventStore
     clock: Clock
-    wake: asyncio.Event | None = None
+    wake: Wake | None = None
     hooks: list[PhaseHook] = field(default_factory=list)
 
     def _deadline(self, row: SessionRow, phase: Phase, now: datetime) -> datetime | None:
@@ -142,7 +142,7 @@ class Lifecycle:
             actor=actor,
         )
         if row.phase_deadline is not None and self.wake is not None:
-            self.wake.set()
+            self.wake.set(row.phase_deadline)
         for hook in self.hooks:
             await hook(tx, row, to)
 
