@@ -45,6 +45,8 @@ class Transaction:
     db: AsyncSession
     clock: Clock
     events: list[Event] = field(default_factory=list)
+    # Session rows this transaction has locked: the lock holds until it ends.
+    locked: dict[str, SessionRow] = field(default_factory=dict)
 
     async def append(
         self,
@@ -82,13 +84,19 @@ class Transaction:
 
         Lock order, everywhere: the session row first, then its check-ins, flags and alarms.
         Taking the session first (as every ``append`` does anyway) means two transactions on
-        one session queue instead of deadlocking on PostgreSQL.
+        one session queue instead of deadlocking on PostgreSQL. Locking again in the same
+        transaction returns the same row without a query (a flag and its alarm both lock).
         """
-        return (
-            await self.db.execute(
-                select(SessionRow).where(SessionRow.id == session_id).with_for_update()
-            )
-        ).scalar_one_or_none()
+        row = self.locked.get(session_id)
+        if row is None:
+            row = (
+                await self.db.execute(
+                    select(SessionRow).where(SessionRow.id == session_id).with_for_update()
+                )
+            ).scalar_one_or_none()
+            if row is not None:
+                self.locked[session_id] = row
+        return row
 
     async def find_command(self, session_id: str, client_id: str) -> Event | None:
         """The event a client-made command id already produced, if any (invariant 3)."""
