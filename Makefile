@@ -26,6 +26,7 @@ run: deps
 	$(BIN)/vigil run --demo
 
 lint: deps
+	for f in static/*/*.js; do node --check "$$f" || exit 1; done
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server signaling monitoring

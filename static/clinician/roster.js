@@ -222,7 +222,7 @@
     const t = { el, entry, at: Date.now(), name: entry.patient.display_name, video, stream, media: null, pinned: false };
     tiles.set(entry.session_id, t);
     t.watch = Vigil.watch(signal, entry.session_id);
-    Vigil.follow(monitor, entry.session_id, {
+    t.follow = Vigil.follow(monitor, entry.session_id, {
       onError: (e) => { errorEl.textContent = e.message; },
       onState: (state) => { t.entry = { ...t.entry, ...state }; render(t, t.entry); },
       onEvent: (ev) => {
@@ -313,6 +313,7 @@
       if (open.has(sid)) continue;
       if (t.media) t.media.stop();
       t.watch.stop();
+      t.follow.stop();
       t.el.remove();
       tiles.delete(sid);
     }

@@ -259,11 +259,22 @@ const Vigil = (() => {
       return inflight;
     }
 
+    const stateHandler = (s) => { if (s.session_id === sessionId) showState(s); };
     sock.on("event", accept);
-    sock.on("state", (s) => { if (s.session_id === sessionId) showState(s); });
+    sock.on("state", stateHandler);
     sock.on("connect", refollow);
     if (sock.connected) refollow();
-    return { refresh: refollow };
+    return {
+      refresh: refollow,
+      // No more events for this session (a roster tile that left the wall).
+      stop() {
+        stopped = true;
+        sock.off("event", accept);
+        sock.off("state", stateHandler);
+        sock.off("connect", refollow);
+        if (sock.connected) sock.emit("unfollow", { session_id: sessionId });
+      },
+    };
   }
 
   const PHASES = {

@@ -255,6 +255,13 @@ async def test_a_wall_of_twelve_sessions_shows_thumbnails_and_live_video_in_focu
     await alex.locator("[data-action=live]").click()
     await wait_for_picture(alex.locator("video"), BROWSER_PATIENT_SECS)
     assert await alex.locator("[data-action=live]").get_attribute("aria-pressed") == "true"
+    # A session that ends leaves the wall by itself.
+    ended = tile(roster, "Wall Patient 1")
+    sid = await ended.get_attribute("data-session-id")
+    await asyncio.to_thread(
+        api, demo, f"/api/sessions/{sid}/actions", {"action": "end", "reason": "test"}, doc
+    )
+    await ended.wait_for(state="detached", timeout=15_000)
 
 
 async def _axe(page: Page) -> list[dict[str, Any]]:
