@@ -128,6 +128,20 @@ async def _open_all(coros: list[Any]) -> tuple[list[Any], list[str]]:
     return list(await asyncio.gather(*(one(c) for c in coros))), errors
 
 
+def _ready(conn: Connection, clients: list[Any], errors: list[str], started: float) -> None:
+    """Tell the conductor how many of this worker's sockets connected, and how fast."""
+    conn.send(
+        (
+            "ready",
+            {
+                "connected": sum(c is not None for c in clients),
+                "errors": errors,
+                "connect_secs": time.monotonic() - started,
+            },
+        )
+    )
+
+
 async def _patients(spec: dict[str, Any], conn: Connection) -> None:
     """Connect every patient, follow, wait for ``go``, raise one flag each at its moment."""
     url = spec["url"]
@@ -141,16 +155,7 @@ async def _patients(spec: dict[str, Any], conn: Connection) -> None:
 
     started = time.monotonic()
     clients, errors = await _open_all([open_patient(s, t) for s, t, _ in items])
-    conn.send(
-        (
-            "ready",
-            {
-                "connected": sum(c is not None for c in clients),
-                "errors": errors,
-                "connect_secs": time.monotonic() - started,
-            },
-        )
-    )
+    _ready(conn, clients, errors, started)
     kind, t0 = await asyncio.to_thread(conn.recv)
     assert kind == "go"
 
@@ -219,16 +224,7 @@ async def _receivers(spec: dict[str, Any], conn: Connection) -> None:
     coros = [open_clinician(i, t, ss) for i, (t, ss) in enumerate(clinicians)]
     coros += [open_console(i, t) for i, t in enumerate(spec["oncall"])]
     clients, errors = await _open_all(coros)
-    conn.send(
-        (
-            "ready",
-            {
-                "connected": sum(c is not None for c in clients),
-                "errors": errors,
-                "connect_secs": time.monotonic() - started,
-            },
-        )
-    )
+    _ready(conn, clients, errors, started)
     kind, _t0 = await asyncio.to_thread(conn.recv)
     assert kind == "go"
     kind, payload = await asyncio.to_thread(conn.recv)
