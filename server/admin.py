@@ -128,14 +128,10 @@ async def update_session(request: web.Request) -> web.Response:
     p = await principal_of(request)
     session_id = request.match_info["id"]
     await request.app[GATE].authorize(p, session_id, Access.MANAGE)
-    raw = await json_body(request)
-    if isinstance(raw, dict) and raw.get("clinician_id", 0) is None:
-        raw = {k: v for k, v in raw.items() if k != "clinician_id"}
-        unassign = True
-    else:
-        unassign = False
-    data = require_fields(raw, {}, {"clinician_id": int, "scheduled_start": str})
-    if not data and not unassign:
+    data = require_fields(
+        await json_body(request), {}, {"clinician_id": int | None, "scheduled_start": str}
+    )
+    if not data:
         raise ClientError("bad_request", "nothing to change: give clinician_id or scheduled_start")
     start: datetime | None = None
     if "scheduled_start" in data:
@@ -147,8 +143,8 @@ async def update_session(request: web.Request) -> web.Response:
             raise ClientError("unknown_session", "no such session")
         if row.phase in ("completed", "ended_early"):
             raise ClientError("session_ended", "the session has ended")
-        if unassign or "clinician_id" in data:
-            clinician_id = None if unassign else data["clinician_id"]
+        if "clinician_id" in data:
+            clinician_id = data["clinician_id"]
             if clinician_id is not None:
                 await accounts.check_clinician(tx.db, clinician_id, row.clinic_id)
             if clinician_id != row.clinician_id:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import NoneType, UnionType
+from typing import Any, get_args
 
 import socketio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -53,9 +54,11 @@ class ClientError(Exception):
 
 
 def require_fields(
-    data: Any, required: dict[str, type], optional: dict[str, type] | None = None
+    data: Any, required: dict[str, Any], optional: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Check *data* is an object with exactly these typed fields; raise ``bad_request``."""
+    """Check *data* is an object with exactly these typed fields; raise ``bad_request``.
+
+    A type is a class or a union such as ``int | None`` (a field that may be null)."""
     if not isinstance(data, dict):
         raise ClientError("bad_request", "the payload must be a JSON object")
     optional = optional or {}
@@ -66,13 +69,22 @@ def require_fields(
         if name not in data:
             raise ClientError("bad_request", f"missing field {name!r}")
     for name, typ in {**required, **optional}.items():
-        if name in data and (
-            not isinstance(data[name], typ) or (typ is int and isinstance(data[name], bool))
-        ):
-            raise ClientError(
-                "bad_request", f"field {name!r} must be {TYPE_NAMES.get(typ, typ.__name__)}"
-            )
+        if name in data and not _accepts(typ, data[name]):
+            raise ClientError("bad_request", f"field {name!r} must be {_type_name(typ)}")
     return data
+
+
+def _accepts(typ: Any, value: Any) -> bool:
+    # JSON true/false are Python ints too: they are booleans only where booleans are asked for.
+    if isinstance(value, bool):
+        return typ is bool or (isinstance(typ, UnionType) and bool in get_args(typ))
+    return isinstance(value, typ)
+
+
+def _type_name(typ: Any) -> str:
+    if isinstance(typ, UnionType):
+        return " or ".join("null" if t is NoneType else _type_name(t) for t in get_args(typ))
+    return TYPE_NAMES.get(typ, typ.__name__)
 
 
 def session_id_of(data: dict[str, Any]) -> str:
