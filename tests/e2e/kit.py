@@ -304,18 +304,30 @@ def screenshot_path(*parts: str) -> Path:
     return path
 
 
-async def patient_publishing(browser: Browser, console: Console, demo: Demo) -> Page:
-    """The invite link in its own context (fake camera); returns once the page is connected."""
-    assert "patient_invite" in demo.links, demo.stdout
-    _, page = await new_page(browser, console, "patient")
-    await page.goto(demo.links["patient_invite"])
-    # The device check: camera preview, microphone meter, connection; then continue.
+async def open_invite(browser: Browser, console: Console, url: str, label: str) -> Page:
+    """A patient's invite link in its own browser context (fake camera), through the device
+    check: camera preview and connection pass."""
+    _, page = await new_page(browser, console, label)
+    await page.goto(url)
     await page.locator("#check-camera.pass").wait_for(timeout=10_000)
     await page.locator("#check-network.pass").wait_for(timeout=10_000)
+    return page
+
+
+async def publishing(page: Page) -> None:
+    """Continue past the device check and wait until the camera is sent."""
     await page.locator("#devices-ok").click()
     await page.wait_for_function(
         "document.body.dataset.media === 'connected'", timeout=BROWSER_PATIENT_SECS * 1000
     )
+
+
+async def patient_publishing(browser: Browser, console: Console, demo: Demo) -> Page:
+    """The demo's invite link, through the device check; returns once the camera is sent and
+    the self view shows it."""
+    assert "patient_invite" in demo.links, demo.stdout
+    page = await open_invite(browser, console, demo.links["patient_invite"], "patient")
+    await publishing(page)
     await wait_for_picture(page.locator("#self"), 5)
     return page
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-import urllib.request
 from typing import Any
 
 import pytest
@@ -34,6 +32,7 @@ from tests.e2e.kit import (
     api,
     assert_advancing,
     fill_precheck,
+    login,
     new_page,
     patient_publishing,
     probe,
@@ -256,24 +255,10 @@ async def test_phase_changes_reach_the_open_pages_without_a_reload(
     # Admitted: the patient's page turns to the pre-check form by itself.
     await patient.locator("#step-precheck").wait_for(state="visible", timeout=5_000)
 
-    def api(path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
-        req = urllib.request.Request(
-            demo.url + path,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}
-            | ({"Authorization": f"Bearer {token}"} if token else {}),
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return dict(json.loads(r.read()))
-
-    from server.demo import DEMO_PASSWORD
-
-    nurse = await asyncio.to_thread(
-        api, "/api/login", {"username": "nurse.demo", "password": DEMO_PASSWORD}
-    )
+    nurse = await asyncio.to_thread(login, demo, "nurse.demo")
     session_id = await sam.get_attribute("data-session-id")
     await asyncio.to_thread(
-        api, f"/api/sessions/{session_id}/actions", {"action": "start_dosing"}, nurse["token"]
+        api, demo, f"/api/sessions/{session_id}/actions", {"action": "start_dosing"}, nurse
     )
     await sam.locator(".phase", has_text="Dosing").wait_for(timeout=5_000)
     # The clock starts for Sam: minutes since the dose count up on the roster.
@@ -290,11 +275,8 @@ async def test_patient_precheck_checkin_and_emergency_in_the_browser(
     """Jordan, in a real browser: pre-check form → the clinician starts dosing → the 15-minute
     check-in prompt (15 s at this demo's ×60) → "I'm OK" → the emergency button, which reaches
     the on-call board with the address typed into the form."""
-    from server.demo import DEMO_PASSWORD
-
-    login = lambda who: api(demo, "/api/login", {"username": who, "password": DEMO_PASSWORD})  # noqa: E731
-    doc = (await asyncio.to_thread(login, "dr.demo"))["token"]
-    nurse = (await asyncio.to_thread(login, "nurse.demo"))["token"]
+    doc = await asyncio.to_thread(login, demo, "dr.demo")
+    nurse = await asyncio.to_thread(login, demo, "nurse.demo")
     sessions = (await asyncio.to_thread(api, demo, "/api/sessions", None, doc))["sessions"]
     jordan = next(s for s in sessions if s["patient"]["display_name"] == JORDAN)
     sid = jordan["session_id"]
@@ -341,10 +323,7 @@ async def test_a_flag_reaches_the_tile_then_the_oncall_board_which_answers_it(
     on-call console's board lists it; on-call acknowledges, then resolves it, in the page."""
     import uuid
 
-    from server.demo import DEMO_PASSWORD
-
-    login = lambda who: api(demo, "/api/login", {"username": who, "password": DEMO_PASSWORD})  # noqa: E731
-    sam_token = (await asyncio.to_thread(login, "patient2.demo"))["token"]
+    sam_token = await asyncio.to_thread(login, demo, "patient2.demo")
     _, roster = await new_page(browser, console, "clinician")
     await roster.goto(demo.links["clinician"])
     sam = tile(roster, "Sam Okafor")

@@ -32,8 +32,10 @@ from tests.e2e.kit import (
     fill_precheck,
     login,
     new_page,
+    open_invite,
     probe,
     provision,
+    publishing,
     report,
     screenshot_path,
     tile,
@@ -49,23 +51,6 @@ ROSTER_SESSIONS = 12
 def shot(name: str) -> str:
     """Where a page's screenshot for the README goes."""
     return str(screenshot_path("docs", "screenshots", f"{name}.png"))
-
-
-async def open_invite(browser: Browser, console: Console, url: str, label: str) -> Page:
-    """A patient's invite link in its own browser context, through the device check."""
-    _, page = await new_page(browser, console, label)
-    await page.goto(url)
-    await page.locator("#check-camera.pass").wait_for(timeout=10_000)
-    await page.locator("#check-network.pass").wait_for(timeout=10_000)
-    return page
-
-
-async def publishing(page: Page) -> None:
-    """Continue past the device check and wait until the camera is sent."""
-    await page.locator("#devices-ok").click()
-    await page.wait_for_function(
-        "document.body.dataset.media === 'connected'", timeout=BROWSER_PATIENT_SECS * 1000
-    )
 
 
 async def test_admin_schedules_the_patient_joins_and_the_clinician_admits_and_watches(
